@@ -1,0 +1,98 @@
+"""The service: one supervisor TaskGroup running one MappingRunner per enabled mapping.
+
+Signals only set a flag: the first SIGTERM/SIGINT stops polling and drains in-flight batches
+within the drain timeout; a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from poller.admin import AdminServer
+from poller.clock import Clock
+from poller.config import Config
+from poller.destinations import Destination, build_destination
+from poller.function import FunctionRuntime
+from poller.runner import MappingRunner
+from poller.sources import build_source
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DRAIN_TIMEOUT = 30.0
+
+
+class App:
+    """Everything one config file describes, wired together. Building it imports every handler."""
+
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    ):
+        self.config = config
+        self.functions = {
+            name: FunctionRuntime(name, function) for name, function in config.functions.items()
+        }
+        enabled = {name: mapping for name, mapping in config.mappings.items() if mapping.enabled}
+        used = {m.on_failure_destination for m in enabled.values()} - {None}
+        self.destinations: dict[str, Destination] = {
+            name: build_destination(name, config) for name in sorted(n for n in used if n is not None)
+        }
+        self.runners = {
+            name: MappingRunner(
+                name,
+                mapping,
+                build_source(name, mapping, config),
+                self.functions[mapping.function_name],
+                self.destinations.get(mapping.on_failure_destination or ""),
+                clock=clock,
+                drain_timeout=drain_timeout,
+            )
+            for name, mapping in enabled.items()
+        }
+        self.admin = AdminServer(config.admin.host, config.admin.port, self.runners)
+        self.stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`, then drain and return. A mapping that cannot start (an unknown
+        topic) raises, after the others were stopped."""
+        await self.admin.start()
+        log.info("poller running %d mapping(s): %s", len(self.runners), ", ".join(self.runners) or "none")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for name, runner in self.runners.items():
+                    tasks.create_task(runner.run(), name=f"mapping:{name}")
+                await self.stopping.wait()
+                for runner in self.runners.values():
+                    runner.stop()
+        finally:
+            for destination in self.destinations.values():
+                await destination.close()
+            await self.admin.close()
+
+
+async def serve(app: App) -> None:
+    """Run the app under signal handling: the first signal drains, a second exits at once."""
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            log.info("received %s: draining (send it again to exit at once)", signal.Signals(signum).name)
+            app.stop()
+        else:
+            log.warning("received %s again: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await app.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

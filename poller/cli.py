@@ -1,0 +1,149 @@
+"""The ``poller`` command line (SPEC section 3). Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import orjson
+
+from poller.errors import ConfigError, HandlerLoadError, PollerError
+
+log = logging.getLogger("poller")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    from poller.config_loader import default_config_path
+
+    parser = argparse.ArgumentParser(prog="poller", description="AWS Lambda-style event source mappings.")
+    parser.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines on stderr")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(sub: argparse.ArgumentParser, default: str) -> None:
+        sub.add_argument("-c", "--config", default=default, help=f"YAML config file (default {default})")
+
+    run = commands.add_parser("run", help="run every enabled mapping until SIGTERM/SIGINT")
+    with_config(run, default_config_path())
+    run.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight batches")
+
+    validate = commands.add_parser("validate", help="check a config file")
+    with_config(validate, default_config_path())
+
+    invoke = commands.add_parser("invoke", help="invoke one function once with an event and print its result")
+    with_config(invoke, default_config_path())
+    invoke.add_argument("function", help="a name under functions:")
+    invoke.add_argument("--event", default="-", help="JSON event file, or - for standard input (default)")
+
+    sample = commands.add_parser("sample-event", help="print a valid sample event of a source type")
+    sample.add_argument("source", choices=["kafka"])
+
+    dev = commands.add_parser("dev", help="start local stand-in brokers and run config/dev.yaml")
+    with_config(dev, "config/dev.yaml")
+    dev.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight batches")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from poller.logs import configure_logging
+
+    configure_logging(args.log_format, args.log_level)
+    try:
+        if args.command == "validate":
+            return _validate(args.config)
+        if args.command == "sample-event":
+            from poller.samples import sample_event
+
+            sys.stdout.write(
+                orjson.dumps(sample_event(args.source), option=orjson.OPT_INDENT_2).decode() + "\n"
+            )
+            return EXIT_OK
+        if args.command == "invoke":
+            return _invoke(args.config, args.function, args.event)
+        if args.command == "run":
+            return _run(args.config, args.drain_timeout)
+        if args.command == "dev":
+            from poller.dev import run_dev
+
+            return run_dev(args.config, args.drain_timeout)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _validate(path: str) -> int:
+    from poller.config_loader import load_config
+
+    config = load_config(path)
+    print(f"{path}: ok ({len(config.mappings)} mappings, {len(config.functions)} functions)")
+    return EXIT_OK
+
+
+def _invoke(path: str, name: str, event_path: str) -> int:
+    from poller.config_loader import load_config
+    from poller.function import FunctionRuntime
+    from poller.outcome import InvocationError
+
+    config = load_config(path, check_handlers=False)
+    if name not in config.functions:
+        print(f"{path}: functions.{name}: no such function", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        raw = sys.stdin.buffer.read() if event_path == "-" else open(event_path, "rb").read()  # noqa: SIM115
+        event = orjson.loads(raw)
+    except (OSError, orjson.JSONDecodeError) as exc:
+        print(f"{event_path}: cannot read a JSON event: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        runtime = FunctionRuntime(name, config.functions[name])
+    except HandlerLoadError as exc:
+        print(f"{path}: functions.{name}.handler: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result: Any = asyncio.run(runtime.invoke(event))
+    if isinstance(result, InvocationError):
+        print(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+        return EXIT_FAILURE
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return EXIT_OK
+
+
+def _run(path: str, drain_timeout: float) -> int:
+    from poller.config_loader import load_config
+
+    config = load_config(path)
+    return run_service(config, drain_timeout)
+
+
+def run_service(config: Any, drain_timeout: float) -> int:
+    """Run the service on a loaded config until a signal; the exit code of ``poller run``."""
+    from poller.app import App, serve
+
+    async def main() -> None:
+        await serve(App(config, drain_timeout=drain_timeout))
+
+    try:
+        asyncio.run(main())
+    except (PollerError, ExceptionGroup) as exc:
+        for error in _leaves(exc):
+            if isinstance(error, PollerError):
+                log.error("%s", error)
+            else:
+                log.error("unexpected error: %r", error, exc_info=error)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

@@ -1,0 +1,34 @@
+"""On-failure destinations: where records go when retries end, behind one small protocol."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from poller.config import Config
+from poller.records import Record
+
+
+class Destination(Protocol):
+    """Delivers failure records. ``send`` returns only once the write is confirmed (Kafka acks, an
+    fsync, a publisher confirm) and raises DestinationError otherwise; the caller retries it and
+    advances the source only after it returned."""
+
+    async def send(self, failure: dict[str, Any], records: Sequence[Record]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+_DESTINATIONS = {
+    "kafka": "poller.destinations.kafka:KafkaDestination",
+    "file": "poller.destinations.file:FileDestination",
+}
+
+
+def build_destination(name: str, config: Config) -> Destination:
+    settings = config.destinations[name]
+    module_name, _, class_name = _DESTINATIONS[settings.type].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    destination: Destination = cls(name, settings, config)
+    return destination

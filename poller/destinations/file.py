@@ -1,0 +1,40 @@
+"""File destination: failure records as JSON lines, fsynced before they count as delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from poller.config import Config
+from poller.config import FileDestination as FileDestinationConfig
+from poller.errors import DestinationError
+from poller.records import Record
+
+
+class FileDestination:
+    def __init__(self, name: str, settings: Any, config: Config) -> None:
+        assert isinstance(settings, FileDestinationConfig)
+        self.name = name
+        self.path = Path(settings.path)
+
+    async def send(self, failure: dict[str, Any], records: Sequence[Record]) -> None:
+        line = orjson.dumps(failure) + b"\n"
+        try:
+            await asyncio.to_thread(self._append, line)
+        except OSError as exc:
+            raise DestinationError(f"cannot write {self.path}: {exc}") from exc
+
+    def _append(self, line: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as file:
+            file.write(line)
+            file.flush()
+            os.fsync(file.fileno())
+
+    async def close(self) -> None:
+        return None

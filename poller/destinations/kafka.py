@@ -1,0 +1,120 @@
+"""Kafka destination: one message per failed record, as AWS's Kafka-topic on-failure destination.
+
+Each message keeps the original key and headers, adds ``x-poller-*`` headers naming where the
+record came from and why it failed, and carries the failure record (with that one record) as its
+value. A send counts only when every message is acknowledged by all in-sync replicas.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+from poller.config import Config, KafkaConnection
+from poller.config import KafkaDestination as KafkaDestinationConfig
+from poller.errors import DestinationError
+from poller.records import Record
+from poller.sources.kafka import client_options
+
+log = logging.getLogger(__name__)
+
+# Larger than the 6 MB invocation limit, so a failure record of an invocable batch fits; the
+# topic's own max.message.bytes may still refuse it (then the records are left out, see send).
+MAX_REQUEST_SIZE = 8 * 1024 * 1024
+MAX_ERROR_HEADER = 1024
+
+
+class KafkaDestination:
+    def __init__(self, name: str, settings: Any, config: Config) -> None:
+        assert isinstance(settings, KafkaDestinationConfig)
+        connection = config.connections[settings.connection]
+        assert isinstance(connection, KafkaConnection)
+        self.name = name
+        self.topic = settings.topic
+        self._options = client_options(connection)
+        self._producer: AIOKafkaProducer | None = None
+
+    async def _started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(**self._options, acks="all", max_request_size=MAX_REQUEST_SIZE)
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await _stop_quietly(producer)
+                raise DestinationError(f"cannot connect to Kafka for topic {self.topic}: {exc}") from exc
+            self._producer = producer
+        return self._producer
+
+    async def send(self, failure: dict[str, Any], records: Sequence[Record]) -> None:
+        producer = await self._started()
+        try:
+            # One at a time: failures are rare, and each message's acknowledgement is then certain.
+            for record in records:
+                await self._send_one(producer, failure, record)
+        except KafkaError as exc:
+            raise DestinationError(f"Kafka topic {self.topic} did not acknowledge: {exc}") from exc
+
+    async def _send_one(self, producer: AIOKafkaProducer, failure: dict[str, Any], record: Record) -> None:
+        original = record.payload
+        is_kafka = {"topic", "partition", "offset"} <= original.keys()
+        value = {**failure, "records": [original]}
+        if is_kafka:
+            value["source"] = {
+                **failure["source"],
+                "startOffset": original["offset"],
+                "endOffset": original["offset"],
+                "batchSize": 1,
+            }
+        key = base64.b64decode(original["key"]) if is_kafka and original.get("key") is not None else None
+        headers = _headers(failure, original if is_kafka else None)
+        try:
+            await producer.send_and_wait(self.topic, orjson.dumps(value), key=key, headers=headers)
+        except MessageSizeTooLargeError:
+            log.error(
+                "destination %s: failure record too large for topic %s; sending it without the record",
+                self.name,
+                self.topic,
+            )
+            value["records"] = []
+            value["recordsOmitted"] = "the record is larger than the destination accepts"
+            await producer.send_and_wait(self.topic, orjson.dumps(value), key=key, headers=headers)
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await _stop_quietly(self._producer)
+            self._producer = None
+
+
+def _headers(failure: dict[str, Any], original: dict[str, Any] | None) -> list[tuple[str, bytes]]:
+    headers: list[tuple[str, bytes]] = []
+    if original is not None:
+        for header in original.get("headers", []):
+            for name, signed in header.items():
+                headers.append((name, bytes(b & 0xFF for b in signed)))
+        headers += [
+            ("x-poller-topic", str(original["topic"]).encode()),
+            ("x-poller-partition", str(original["partition"]).encode()),
+            ("x-poller-offset", str(original["offset"]).encode()),
+        ]
+    error = failure["errorInfo"]
+    headers += [
+        ("x-poller-mapping", str(failure["mapping"]).encode()),
+        ("x-poller-condition", str(failure["requestContext"]["condition"]).encode()),
+        ("x-poller-error-type", str(error["errorType"]).encode()),
+        ("x-poller-error-message", str(error["errorMessage"]).encode()[:MAX_ERROR_HEADER]),
+        ("x-poller-trace-id", str(failure["traceId"]).encode()),
+    ]
+    return headers
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await producer.stop()
+    except Exception as exc:
+        log.debug("error while stopping a Kafka producer: %s", exc)

@@ -1,0 +1,39 @@
+"""One root error; retryability is data on the error, not a guess from its type.
+
+Client-library exceptions (aiokafka, aio-pika, botocore) are mapped to these at the source and
+destination boundaries, so nothing above them imports a client library.
+"""
+
+from __future__ import annotations
+
+
+class PollerError(Exception):
+    """Root of every error poller raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(PollerError):
+    """The configuration cannot be used; carries every problem found, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class SourceError(PollerError):
+    """A source could not poll or commit. ``retriable`` says whether waiting may help."""
+
+    def __init__(self, message: str, *, retriable: bool = True) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class DestinationError(PollerError):
+    """An on-failure destination did not confirm a write; the caller retries, never skips."""
+
+    retriable = True
+
+
+class HandlerLoadError(PollerError):
+    """A function's handler cannot be imported or is not callable."""

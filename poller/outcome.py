@@ -1,0 +1,107 @@
+"""What an invocation came to, as values: Succeeded, PartiallyFailed or Failed (SPEC section 5).
+
+A handler fails when it raises, times out, or returns an invalid partial-batch response. With
+``ReportBatchItemFailures`` it may name the records that failed; an identifier that is empty, under
+the wrong key, or not in the batch fails the whole batch, as on AWS
+(https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-errorhandling.html).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MAX_STACK_FRAMES = 20
+_RUNTIME_DIR = str(Path(__file__).parent)
+
+
+def _is_runtime(filename: str) -> bool:
+    return filename.startswith(_RUNTIME_DIR) or "/asyncio/" in filename
+
+
+@dataclass(frozen=True)
+class InvocationError:
+    """Why an invocation failed, in Lambda's error shape."""
+
+    error_type: str
+    message: str
+    stack_trace: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> InvocationError:
+        # As Lambda's Python runtime: the handler's frames, not the runtime's own.
+        frames = [
+            frame for frame in traceback.extract_tb(exc.__traceback__) if not _is_runtime(frame.filename)
+        ]
+        stack = [entry.rstrip("\n") for entry in traceback.format_list(frames[-MAX_STACK_FRAMES:])]
+        return cls(type(exc).__name__, str(exc), stack)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"errorType": self.error_type, "errorMessage": self.message, "stackTrace": self.stack_trace}
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    pass
+
+
+@dataclass(frozen=True)
+class PartiallyFailed:
+    """The handler reported these item keys (as normalised by the source) as failed."""
+
+    failed: frozenset[Hashable]
+    error: InvocationError
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: InvocationError
+
+
+Outcome = Succeeded | PartiallyFailed | Failed
+
+
+def outcome_of(
+    result: Any,
+    *,
+    report_batch_item_failures: bool,
+    batch_keys: Sequence[Hashable],
+    item_key: Callable[[object], Hashable | None],
+) -> Outcome:
+    """Turn a handler's result (or InvocationError) into an Outcome.
+
+    ``item_key`` normalises one ``itemIdentifier`` to the key the source gave its records, or
+    returns None when the identifier has the wrong shape.
+    """
+    if isinstance(result, InvocationError):
+        return Failed(result)
+    if not report_batch_item_failures or result is None:
+        return Succeeded()
+    if not isinstance(result, dict):
+        return Succeeded() if result in ("", []) else _invalid(f"response is a {type(result).__name__}")
+    failures = result.get("batchItemFailures")
+    if not failures:  # absent, null or empty: everything succeeded
+        return Succeeded()
+    if not isinstance(failures, list):
+        return _invalid("batchItemFailures is not a list")
+    known = set(batch_keys)
+    failed: set[Hashable] = set()
+    for entry in failures:
+        if not isinstance(entry, dict) or "itemIdentifier" not in entry:
+            return _invalid("a batchItemFailures entry has no itemIdentifier")
+        identifier = entry["itemIdentifier"]
+        if identifier in (None, ""):
+            return _invalid("an itemIdentifier is empty")
+        key = item_key(identifier)
+        if key is None or key not in known:
+            return _invalid(f"itemIdentifier {identifier!r} is not in the batch")
+        failed.add(key)
+    error = InvocationError("BatchItemFailures", f"{len(failed)} of {len(known)} records reported as failed")
+    return PartiallyFailed(frozenset(failed), error)
+
+
+def _invalid(reason: str) -> Failed:
+    return Failed(InvocationError("InvalidPartialBatchResponse", f"invalid partial batch response: {reason}"))

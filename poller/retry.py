@@ -1,0 +1,141 @@
+"""Pure retry and bisect planning (SPEC section 6): an outcome in, a decision out, no I/O.
+
+Counting rule: with bisect on, a failed batch of more than one record is split in two and the
+halves inherit its retry count; only the failure of a batch that can no longer be split counts
+against ``maximum_retry_attempts``. Without bisect every failed attempt counts. Record age is
+checked before every attempt (:func:`screen`). Backoff is 1 s doubling to 60 s with jitter.
+See https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-errors.html
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from poller.config import MAX_PAYLOAD_BYTES, Mapping
+from poller.outcome import Failed, InvocationError, Outcome, PartiallyFailed, Succeeded
+from poller.records import Batch, Record
+
+RETRY_ATTEMPTS_EXHAUSTED = "RetryAttemptsExhausted"
+RECORD_AGE_EXCEEDED = "RecordAgeExceeded"
+RECORD_TOO_LARGE = "RecordTooLarge"
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    maximum_retry_attempts: int  # -1 = no limit
+    maximum_record_age: float  # seconds; -1 = no limit
+    bisect: bool
+    ordered: bool  # streams keep order: a partial failure retries from the lowest failed record
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    @classmethod
+    def of(cls, mapping: Mapping, *, ordered: bool, rng: random.Random | None = None) -> RetryPolicy:
+        return cls(
+            maximum_retry_attempts=mapping.maximum_retry_attempts,
+            maximum_record_age=mapping.maximum_record_age_in_seconds,
+            bisect=mapping.bisect_batch_on_function_error,
+            ordered=ordered,
+            rng=rng or random.Random(),
+        )
+
+    def backoff(self, retry: int) -> float:
+        """Delay before retry number ``retry`` (1-based): half fixed, half random ("equal jitter")."""
+        base = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (retry - 1))
+        return base / 2 + self.rng.random() * base / 2
+
+
+@dataclass(frozen=True)
+class Done:
+    """Every record succeeded."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Invoke ``batch`` again after ``delay`` seconds; ``done`` succeeded and may be committed now."""
+
+    batch: Batch
+    delay: float
+    done: list[Record] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Bisect: invoke ``left``, then ``right``, each on its own."""
+
+    left: Batch
+    right: Batch
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Retries are over: send ``batch`` to the on-failure destination; ``done`` succeeded."""
+
+    batch: Batch
+    condition: str
+    error: InvocationError
+    done: list[Record] = field(default_factory=list)
+
+
+Decision = Done | Retry | Split | GiveUp
+
+
+def plan(batch: Batch, outcome: Outcome, policy: RetryPolicy) -> Decision:
+    """What to do after ``batch`` was invoked (its ``invocations`` already counts this one)."""
+    if isinstance(outcome, Succeeded):
+        return Done()
+    if isinstance(outcome, PartiallyFailed):
+        records = batch.records
+        if policy.ordered:
+            # Checkpoint just before the lowest failed record and retry from there on.
+            cut = next(i for i, record in enumerate(records) if record.item_key in outcome.failed)
+            done, rest = records[:cut], records[cut:]
+        else:
+            done = [record for record in records if record.item_key not in outcome.failed]
+            rest = [record for record in records if record.item_key in outcome.failed]
+        return _count_failure(batch.derive(rest), outcome.error, policy, done)
+    assert isinstance(outcome, Failed)
+    if policy.bisect and len(batch.records) > 1:
+        middle = len(batch.records) // 2
+        return Split(
+            batch.derive(batch.records[:middle], split=True), batch.derive(batch.records[middle:], split=True)
+        )
+    return _count_failure(batch, outcome.error, policy, [])
+
+
+def _count_failure(batch: Batch, error: InvocationError, policy: RetryPolicy, done: list[Record]) -> Decision:
+    limit = policy.maximum_retry_attempts
+    if limit != -1 and batch.retries >= limit:
+        return GiveUp(batch, RETRY_ATTEMPTS_EXHAUSTED, error, done)
+    retries = batch.retries + 1
+    return Retry(batch.derive(batch.records, retries=retries), policy.backoff(retries), done)
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A batch checked before an attempt: what may be invoked, and what must go to the destination."""
+
+    batch: Batch | None
+    expired: list[Record]
+    too_large: list[Record]
+
+
+def screen(batch: Batch, now: float, policy: RetryPolicy, max_bytes: int = MAX_PAYLOAD_BYTES) -> Screened:
+    """Take out records older than the maximum age and records too large to invoke on their own."""
+    expired: list[Record] = []
+    too_large: list[Record] = []
+    kept: list[Record] = []
+    max_age = policy.maximum_record_age
+    for record in batch.records:
+        if max_age != -1 and now - record.timestamp > max_age:
+            expired.append(record)
+        elif record.size > max_bytes:
+            too_large.append(record)
+        else:
+            kept.append(record)
+    if not expired and not too_large:
+        return Screened(batch, [], [])
+    return Screened(batch.derive(kept) if kept else None, expired, too_large)

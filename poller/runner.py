@@ -1,0 +1,488 @@
+"""One mapping at run time: poll a source, batch per lane, invoke, retry or bisect, dead-letter, commit.
+
+Each lane (a Kafka partition) has its own task and processes one batch at a time, in order, so a
+lane that retries never blocks another lane or another mapping. The checkpoint of an ordered
+source advances only over completed records, and only after the on-failure destination confirmed
+what it was given (SPEC section 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from poller.batching import Batcher
+from poller.checkpoint import CommitTracker
+from poller.clock import Clock
+from poller.config import MAX_PAYLOAD_BYTES, Mapping
+from poller.destinations import Destination
+from poller.errors import DestinationError, SourceError
+from poller.failure import failure_record
+from poller.function import FunctionRuntime
+from poller.outcome import InvocationError, Succeeded, outcome_of
+from poller.records import Batch, Record
+from poller.retry import (
+    RECORD_AGE_EXCEEDED,
+    RECORD_TOO_LARGE,
+    Done,
+    GiveUp,
+    Retry,
+    RetryPolicy,
+    Split,
+    plan,
+    screen,
+)
+from poller.sources import Pausable, Source
+
+log = logging.getLogger(__name__)
+
+RECONNECT_FIRST = 1.0
+RECONNECT_MAX = 30.0
+
+
+@dataclass
+class MappingStats:
+    """Record counts since start, per mapping (AWS's ESM EventCount metrics, and a few more)."""
+
+    polled: int = 0
+    invoked: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    retries: int = 0
+    bisections: int = 0
+    invocations: int = 0
+    in_flight: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class MappingState:
+    state: str = "Creating"  # Creating, Connecting, Enabled, Disabling, Disabled, Failed
+    last_error: str | None = None
+    ready: bool = False
+    stats: MappingStats = field(default_factory=MappingStats)
+
+
+class Lane:
+    """The ordered stream of one lane's records and the task that processes them."""
+
+    def __init__(self, name: str, batcher: Batcher) -> None:
+        self.name = name
+        self.batcher = batcher
+        self.paused = False
+        self.revoked = False  # once set, nothing of this lane commits any more
+        self.stopping = asyncio.Event()
+        self.finished = asyncio.Event()
+        self._wakeup = asyncio.Event()
+
+    def put(self, record: Record) -> None:
+        self.batcher.add(record, time.monotonic())
+        self._wakeup.set()
+
+    async def next_batch(self) -> list[Record] | None:
+        """Wait until a batch is ready; None once the lane is stopping."""
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if self.batcher.ready(now):
+                return self.batcher.take()
+            deadline = self.batcher.deadline()
+            self._wakeup.clear()
+            timeout = None if deadline is None else max(0.0, deadline - now)
+            await _first_of(self._wakeup, self.stopping, within=timeout)
+        return None
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+class MappingRunner:
+    """Runs one mapping until :meth:`stop`; owns its source, its lanes and their tasks."""
+
+    def __init__(
+        self,
+        name: str,
+        mapping: Mapping,
+        source: Source,
+        function: FunctionRuntime,
+        destination: Destination | None,
+        *,
+        clock: Clock | None = None,
+        policy: RetryPolicy | None = None,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.mapping = mapping
+        self.source = source
+        self.function = function
+        self.destination = destination
+        self.clock = clock or Clock()
+        self.policy = policy or RetryPolicy.of(mapping, ordered=source.ordered)
+        self.drain_timeout = drain_timeout
+        self.status = MappingState()
+        self.stats = self.status.stats
+        self._lanes: dict[str, Lane] = {}
+        self._lane_tasks: dict[str, asyncio.Task[None]] = {}
+        self._revoking: set[str] = set()  # lanes being given up: their late-polled records are dropped
+        self._trackers: dict[str, CommitTracker] = {}
+        self._stopping = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        batch_size = mapping.effective_batch_size
+        self._high_water = max(2 * batch_size, 500)  # buffered records per lane before pausing it
+        self._low_water = self._high_water // 2
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop polling; in-flight batches finish within the drain timeout, then the rest is abandoned."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        if not await self._start_source():
+            return
+        self.status.state = "Enabled"
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                await self._poll_until_stopped()
+                await self._drain()
+        finally:
+            self._tasks = None
+            self.status.ready = False
+            self.status.state = "Disabled"
+            await self.source.close()
+            log.info("mapping %s: stopped", self.name, extra={"mapping": self.name})
+
+    async def _start_source(self) -> bool:
+        """Connect, retrying retriable errors with backoff; False if stopped meanwhile."""
+        delay = RECONNECT_FIRST
+        self.status.state = "Connecting"
+        while not self._stopping.is_set():
+            try:
+                await self.source.start(self)
+                self.status.ready = True
+                self.status.last_error = None
+                return True
+            except SourceError as exc:
+                self.status.last_error = str(exc)
+                if not exc.retriable:
+                    self.status.state = "Failed"
+                    raise
+                log.warning(
+                    "mapping %s: %s; retrying in %.0f s", self.name, exc, delay, extra={"mapping": self.name}
+                )
+            if await _first_of(self._stopping, within=delay):
+                break
+            delay = min(RECONNECT_MAX, delay * 2)
+        return False
+
+    async def _poll_until_stopped(self) -> None:
+        delay = RECONNECT_FIRST
+        while not self._stopping.is_set():
+            try:
+                records = await self.source.poll()
+            except SourceError as exc:
+                self.status.ready = False
+                self.status.last_error = str(exc)
+                if not exc.retriable:
+                    raise
+                log.warning("mapping %s: %s; polling again in %.0f s", self.name, exc, delay)
+                await _first_of(self._stopping, within=delay)
+                delay = min(RECONNECT_MAX, delay * 2)
+                continue
+            delay = RECONNECT_FIRST
+            self.status.ready = True
+            if records:
+                self._dispatch(records)
+
+    async def _drain(self) -> None:
+        lanes = list(self._lanes.values())
+        for lane in lanes:
+            lane.stop()
+        waiting = [asyncio.ensure_future(lane.finished.wait()) for lane in lanes]
+        if not waiting:
+            return
+        _, pending = await asyncio.wait(waiting, timeout=self.drain_timeout)
+        for future in pending:
+            future.cancel()
+        if pending:
+            log.warning(
+                "mapping %s: %d lane(s) did not finish within the %.0f s drain timeout; abandoning them",
+                self.name,
+                len(pending),
+                self.drain_timeout,
+            )
+            for lane in lanes:
+                lane.revoked = True
+            assert self._tasks is not None
+            for task in self._lane_tasks.values():
+                task.cancel()
+
+    # --- lanes -----------------------------------------------------------------------------------
+
+    def _dispatch(self, records: Sequence[Record]) -> None:
+        self.stats.polled += len(records)
+        full: list[Lane] = []
+        for record in records:
+            if record.lane in self._revoking:
+                continue
+            lane = self._lanes.get(record.lane) or self._open_lane(record.lane)
+            if self.source.ordered:
+                self._trackers.setdefault(record.partition, CommitTracker()).track(record)
+            lane.put(record)
+            if not lane.paused and len(lane.batcher) >= self._high_water:
+                lane.paused = True
+                full.append(lane)
+        if full and isinstance(self.source, Pausable):
+            self.source.pause([lane.name for lane in full])
+
+    def _open_lane(self, name: str) -> Lane:
+        lane = Lane(
+            name,
+            Batcher(
+                batch_size=self.mapping.effective_batch_size,
+                window=self.mapping.effective_batching_window,
+                max_bytes=MAX_PAYLOAD_BYTES,
+            ),
+        )
+        self._lanes[name] = lane
+        assert self._tasks is not None
+        self._lane_tasks[name] = self._tasks.create_task(self._run_lane(lane), name=f"{self.name}:{name}")
+        return lane
+
+    async def _run_lane(self, lane: Lane) -> None:
+        try:
+            while (records := await lane.next_batch()) is not None:
+                if lane.paused and len(lane.batcher) <= self._low_water and isinstance(self.source, Pausable):
+                    lane.paused = False
+                    self.source.resume([lane.name])
+                await self._process(Batch(records, trace_id=secrets.token_hex(16)), lane)
+        finally:
+            lane.finished.set()
+
+    async def lanes_revoked(self, lanes: Collection[str]) -> None:
+        """LaneListener: let revoked lanes finish their in-flight batch and commit, then drop them."""
+        self._revoking.update(lanes)
+        closing = [self._lanes.pop(name) for name in lanes if name in self._lanes]
+        for lane in closing:
+            lane.stop()
+        if closing:
+            waiting = [asyncio.ensure_future(lane.finished.wait()) for lane in closing]
+            _, pending = await asyncio.wait(waiting, timeout=self.function.config.timeout + 5.0)
+            for future in pending:
+                future.cancel()
+        self._revoking.difference_update(lanes)
+        for lane in closing:
+            lane.revoked = True
+            lane.batcher.clear()
+            task = self._lane_tasks.pop(lane.name, None)
+            if task is not None and not task.done():
+                task.cancel()
+        for name in lanes:
+            self._trackers.pop(name, None)  # a lane of an ordered source is its partition
+        if closing:
+            log.info(
+                "mapping %s: gave up %s", self.name, ",".join(sorted(lanes)), extra={"mapping": self.name}
+            )
+
+    # --- one batch -------------------------------------------------------------------------------
+
+    async def _process(self, batch: Batch, lane: Lane) -> None:
+        """Run a batch to its end: every record succeeded or dead-lettered, and committed; or the
+        lane stopped, and what did not finish is left uncommitted (it will be read again)."""
+        queue: list[Batch] = [batch]
+        while queue:
+            current = queue.pop(0)
+            screened = screen(current, self.clock.now(), self.policy)
+            for records, condition in (
+                (screened.expired, RECORD_AGE_EXCEEDED),
+                (screened.too_large, RECORD_TOO_LARGE),
+            ):
+                if records:
+                    error = InvocationError(condition, _GIVE_UP_REASONS[condition])
+                    if not await self._give_up(current.derive(records), condition, error, lane):
+                        return
+            if screened.batch is None:
+                continue
+            current = screened.batch
+            outcome = await self._invoke(current)
+            decision = plan(current, outcome, self.policy)
+            if isinstance(outcome, Succeeded):
+                self.stats.succeeded += len(current.records)
+            else:
+                self.stats.failed += len(current.records)
+            if isinstance(decision, Done):
+                await self._complete(current.records, lane)
+                continue
+            if lane.stopping.is_set():
+                # Draining or revoked: commit what succeeded, leave the rest to be read again.
+                if isinstance(decision, Retry | GiveUp) and decision.done:
+                    await self._complete(decision.done, lane)
+                return
+            if isinstance(decision, Split):
+                self.stats.bisections += 1
+                self._log_batch(logging.WARNING, current, "failed (%s); bisecting", _error_of(outcome))
+                queue[0:0] = [decision.left, decision.right]
+            elif isinstance(decision, Retry):
+                if decision.done:
+                    await self._complete(decision.done, lane)
+                self.stats.retries += 1
+                self._log_batch(
+                    logging.WARNING,
+                    decision.batch,
+                    "failed (%s); retry %d in %.1f s",
+                    _error_of(outcome),
+                    decision.batch.retries,
+                    decision.delay,
+                )
+                if not await self._sleep(decision.delay, lane):
+                    return
+                queue.insert(0, decision.batch)
+            else:
+                if decision.done:
+                    await self._complete(decision.done, lane)
+                if not await self._give_up(decision.batch, decision.condition, decision.error, lane):
+                    return
+
+    async def _invoke(self, batch: Batch) -> Any:
+        batch.invocations += 1
+        self.stats.invocations += 1
+        self.stats.invoked += len(batch.records)
+        self.stats.in_flight += 1
+        try:
+            result = await self.function.invoke(self.source.format.event(batch.records))
+        finally:
+            self.stats.in_flight -= 1
+        return outcome_of(
+            result,
+            report_batch_item_failures=self.mapping.report_batch_item_failures,
+            batch_keys=[record.item_key for record in batch.records],
+            item_key=self.source.format.item_key,
+        )
+
+    async def _give_up(self, batch: Batch, condition: str, error: InvocationError, lane: Lane) -> bool:
+        """Hand the batch to the on-failure destination (retrying until it confirms), then commit.
+        False if the lane stopped before the destination confirmed."""
+        records = batch.records
+        failure = failure_record(
+            mapping=self.name,
+            function_arn=self.function.arn,
+            condition=condition,
+            error=error,
+            invocations=batch.invocations,
+            source=self.source.format.describe(records),
+            records=records,
+            trace_id=batch.trace_id,
+            now=self.clock.now(),
+        )
+        if self.destination is None:
+            self.stats.dropped += len(records)
+            self._log_batch(
+                logging.ERROR,
+                batch,
+                "dropped after %s (no on-failure destination): %s",
+                condition,
+                error.message,
+            )
+        else:
+            delay = RECONNECT_FIRST
+            while True:
+                try:
+                    await self.destination.send(failure, records)
+                    break
+                except DestinationError as exc:
+                    self._log_batch(
+                        logging.WARNING,
+                        batch,
+                        "on-failure destination unavailable (%s); retrying in %.0f s",
+                        exc,
+                        delay,
+                    )
+                    if not await self._sleep(delay, lane):
+                        return False
+                    delay = min(RECONNECT_MAX, delay * 2)
+            self.stats.dead_lettered += len(records)
+            self._log_batch(
+                logging.ERROR,
+                batch,
+                "sent to the on-failure destination after %s: %s",
+                condition,
+                error.message,
+            )
+        await self._complete(records, lane)
+        return True
+
+    async def _complete(self, records: Sequence[Record], lane: Lane) -> None:
+        """Records are done: commit them (queues) or the checkpoint they allow (streams)."""
+        if lane.revoked or not records:
+            return
+        if self.source.ordered:
+            through: list[Record] = []
+            for partition in {record.partition for record in records}:
+                tracker = self._trackers.get(partition)
+                last = tracker.complete(r for r in records if r.partition == partition) if tracker else None
+                if last is not None:
+                    through.append(last)
+            records = through
+        if records:
+            try:
+                await self.source.commit(records)
+            except SourceError as exc:
+                # A later commit covers these records; until then they may be delivered again.
+                log.warning("mapping %s: %s", self.name, exc, extra={"mapping": self.name})
+
+    async def _sleep(self, seconds: float, lane: Lane) -> bool:
+        """Back off on the injected clock; False if the lane stopped meanwhile."""
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopper = asyncio.ensure_future(lane.stopping.wait())
+        try:
+            await asyncio.wait([sleeper, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
+        return not lane.stopping.is_set()
+
+    def _log_batch(self, level: int, batch: Batch, message: str, *args: object) -> None:
+        records = batch.records
+        log.log(
+            level,
+            "mapping %s batch %d (%s %s..%s, %d records): %s",
+            self.name,
+            batch.batch_id,
+            batch.lane,
+            records[0].position,
+            records[-1].position,
+            len(records),
+            message % args,
+            extra={"mapping": self.name, "batch_id": batch.batch_id, "trace_id": batch.trace_id},
+        )
+
+
+_GIVE_UP_REASONS = {
+    RECORD_AGE_EXCEEDED: "record older than maximum_record_age_in_seconds",
+    RECORD_TOO_LARGE: "record larger than the 6 MB invocation payload limit",
+}
+
+
+def _error_of(outcome: Any) -> str:
+    error = getattr(outcome, "error", None)
+    return f"{error.error_type}: {error.message}" if error is not None else "?"
+
+
+async def _first_of(*events: asyncio.Event, within: float | None = None) -> bool:
+    """Wait until any event is set or the timeout passes; True if an event was set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return bool(done)

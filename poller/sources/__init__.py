@@ -1,0 +1,77 @@
+"""The contract between the engine and a broker: a Source, and the EventFormat of its events.
+
+One module per broker implements it; the engine never branches on the broker type. Sources are
+found by the ``type`` of their config through :func:`build_source`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Collection, Hashable, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from poller.config import Config, Mapping
+from poller.records import Record
+
+
+class EventFormat(Protocol):
+    """Pure translation between records and the AWS event shape of one source type."""
+
+    def event(self, records: Sequence[Record]) -> dict[str, Any]:
+        """The handler's event for a batch, exactly as AWS would build it."""
+
+    def describe(self, records: Sequence[Record]) -> dict[str, Any]:
+        """The ``source`` object of the on-failure record: where these records came from."""
+
+    def item_key(self, identifier: object) -> Hashable | None:
+        """Normalise one ``batchItemFailures[].itemIdentifier`` to a ``Record.item_key``, or None
+        when it does not have this source's identifier shape."""
+
+
+class LaneListener(Protocol):
+    async def lanes_revoked(self, lanes: Collection[str]) -> None:
+        """The source is giving these lanes up (a Kafka rebalance). Returns once their in-flight
+        batches have finished and what completed is committed; nothing of them commits after."""
+
+
+class Source(Protocol):
+    """A broker connection that yields records and settles them.
+
+    ``ordered`` sources (streams) commit a checkpoint: ``commit`` receives, per partition, the last
+    record that the checkpoint may pass. Queue sources receive every completed record.
+    """
+
+    ordered: ClassVar[bool]
+    format: EventFormat
+
+    async def start(self, listener: LaneListener) -> None:
+        """Connect and subscribe. Raises SourceError: retriable ones are retried with backoff by the
+        caller, others (an unknown topic, bad credentials) stop the service at start."""
+
+    async def poll(self) -> list[Record]:
+        """Wait up to about half a second for records; an empty list when there are none."""
+
+    async def commit(self, records: Sequence[Record]) -> None:
+        """Make these records' completion durable (offset commit, delete, ack). Raises SourceError."""
+
+    async def close(self) -> None:
+        """Leave the group / close the connection. Never raises."""
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """A source that can stop fetching some lanes while they hold enough buffered work."""
+
+    def pause(self, lanes: Collection[str]) -> None: ...
+
+    def resume(self, lanes: Collection[str]) -> None: ...
+
+
+_SOURCES = {"kafka": "poller.sources.kafka:KafkaSource"}
+
+
+def build_source(name: str, mapping: Mapping, config: Config) -> Source:
+    module_name, _, class_name = _SOURCES[mapping.source.type].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    source: Source = cls(name, mapping, config.connections[mapping.source.connection])
+    return source

@@ -1,0 +1,275 @@
+"""Kafka source (aiokafka): a consumer group, one lane per partition, manual commits.
+
+The event is the self-managed Kafka payload of AWS
+(https://docs.aws.amazon.com/lambda/latest/dg/with-kafka.html): records keyed ``topic-partition``,
+base64 key and value, headers as lists of Java signed bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Collection, Hashable, Sequence
+from typing import Any, ClassVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from poller.config import KafkaConnection, Mapping
+from poller.config import KafkaSource as KafkaSourceConfig
+from poller.errors import SourceError
+from poller.records import Record
+from poller.sources import LaneListener
+
+log = logging.getLogger(__name__)
+
+# What one record adds to the event's JSON besides its key, value and headers.
+_RECORD_OVERHEAD = 160
+
+
+def client_options(connection: KafkaConnection) -> dict[str, Any]:
+    """aiokafka keyword arguments shared by consumers and producers of one connection."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": connection.bootstrap_servers,
+        "client_id": connection.client_id,
+        "security_protocol": connection.security_protocol,
+    }
+    if connection.sasl_mechanism:
+        options.update(
+            sasl_mechanism=connection.sasl_mechanism,
+            sasl_plain_username=connection.sasl_username,
+            sasl_plain_password=connection.sasl_password,
+        )
+    if connection.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context(cafile=connection.ssl_cafile)
+    return options
+
+
+def lane_name(topic: str, partition: int) -> str:
+    return f"{topic}-{partition}"
+
+
+def _topic_partition(lane: str) -> TopicPartition:
+    # Topic names may contain '-': the partition follows the last one.
+    topic, _, partition = lane.rpartition("-")
+    return TopicPartition(topic, int(partition))
+
+
+def signed_bytes(value: bytes | None) -> list[int]:
+    """Header bytes as AWS sends them: Java signed bytes (-128..127)."""
+    return memoryview(value).cast("b").tolist() if value else []
+
+
+def to_record(message: Any) -> Record:
+    """An aiokafka ConsumerRecord as a Record whose payload is the AWS event record."""
+    value = base64.b64encode(message.value).decode() if message.value is not None else ""
+    headers = [{name: signed_bytes(data)} for name, data in message.headers]
+    payload: dict[str, Any] = {
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "timestamp": message.timestamp,
+        "timestampType": "LOG_APPEND_TIME" if message.timestamp_type == 1 else "CREATE_TIME",
+        "value": value,
+        "headers": headers,
+    }
+    size = (
+        _RECORD_OVERHEAD
+        + len(value)
+        + 4 * sum(len(data or b"") + len(name) for name, data in message.headers)
+    )
+    if message.key is not None:
+        payload["key"] = key = base64.b64encode(message.key).decode()
+        size += len(key)
+    lane = lane_name(message.topic, message.partition)
+    return Record(
+        partition=lane,
+        lane=lane,
+        position=message.offset,
+        item_key=(lane, message.offset),
+        payload=payload,
+        size=size,
+        timestamp=message.timestamp / 1000,
+    )
+
+
+class KafkaEventFormat:
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+
+    def event(self, records: Sequence[Record]) -> dict[str, Any]:
+        by_partition: dict[str, list[dict[str, Any]]] = {}
+        for record in records:
+            by_partition.setdefault(record.partition, []).append(record.payload)
+        return {
+            "eventSource": "SelfManagedKafka",
+            "bootstrapServers": self.bootstrap_servers,
+            "records": by_partition,
+        }
+
+    def describe(self, records: Sequence[Record]) -> dict[str, Any]:
+        first, last = records[0].payload, records[-1].payload
+        return {
+            "type": "kafka",
+            "topic": first["topic"],
+            "partition": first["partition"],
+            "startOffset": first["offset"],
+            "endOffset": last["offset"],
+            "batchSize": len(records),
+        }
+
+    def item_key(self, identifier: object) -> Hashable | None:
+        # {"partition": "<topic>-<partition>", "offset": <int>}
+        if not isinstance(identifier, dict):
+            return None
+        partition, offset = identifier.get("partition"), identifier.get("offset")
+        if not isinstance(partition, str) or isinstance(offset, bool):
+            return None
+        if isinstance(offset, str) and offset.isdigit():
+            offset = int(offset)
+        return (partition, offset) if isinstance(offset, int) else None
+
+
+class KafkaSource:
+    """Consumes a mapping's topics in the mapping's consumer group."""
+
+    ordered: ClassVar[bool] = True
+
+    def __init__(self, name: str, mapping: Mapping, connection: Any) -> None:
+        assert isinstance(connection, KafkaConnection)
+        assert isinstance(mapping.source, KafkaSourceConfig)
+        self.name = name
+        self.mapping = mapping
+        self.config: KafkaSourceConfig = mapping.source
+        self.connection: KafkaConnection = connection
+        self.group_id = self.config.consumer_group_id or name
+        self.format = KafkaEventFormat(connection.bootstrap_servers)
+        self._consumer: AIOKafkaConsumer | None = None
+        # Bounded fetches: the engine pauses partitions whose lanes are full, so memory stays bounded.
+        self._max_records = max(2 * mapping.effective_batch_size, 500)
+
+    async def start(self, listener: LaneListener) -> None:
+        options = client_options(self.connection)
+        consumer = AIOKafkaConsumer(
+            **options,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="latest" if self.mapping.starting_position == "LATEST" else "earliest",
+            session_timeout_ms=self.config.session_timeout_ms,
+            heartbeat_interval_ms=self.config.heartbeat_interval_ms,
+            rebalance_timeout_ms=self.config.rebalance_timeout_ms,
+            max_poll_interval_ms=self.config.max_poll_interval_ms,
+            isolation_level="read_committed",
+        )
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            await _stop_quietly(consumer)
+            raise SourceError(
+                f"cannot connect to Kafka at {self.connection.bootstrap_servers}: {exc}"
+            ) from exc
+        try:
+            existing = await consumer.topics()
+        except KafkaError as exc:
+            await _stop_quietly(consumer)
+            raise SourceError(f"cannot list Kafka topics: {exc}") from exc
+        missing = sorted(set(self.config.topics) - existing)
+        if missing:
+            await _stop_quietly(consumer)
+            raise SourceError(f"unknown Kafka topic(s): {', '.join(missing)}", retriable=False)
+        consumer.subscribe(self.config.topics, listener=_Rebalance(self, consumer, listener))
+        self._consumer = consumer
+        log.info(
+            "mapping %s: consuming %s as group %s", self.name, ",".join(self.config.topics), self.group_id
+        )
+
+    async def poll(self) -> list[Record]:
+        consumer = self._require_consumer()
+        try:
+            batches = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
+        except KafkaError as exc:
+            raise SourceError(
+                f"Kafka fetch failed: {exc}", retriable=getattr(exc, "retriable", True)
+            ) from exc
+        return [to_record(message) for messages in batches.values() for message in messages]
+
+    async def commit(self, records: Sequence[Record]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = _topic_partition(record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.position + 1)
+        try:
+            await self._require_consumer().commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on: these partitions belong to another member now, which re-reads
+            # from the last commit. At least once, so this loses nothing.
+            log.warning("mapping %s: commit of %s refused after a rebalance: %s", self.name, offsets, exc)
+        except KafkaError as exc:
+            raise SourceError(f"Kafka commit failed: {exc}") from exc
+
+    def pause(self, lanes: Collection[str]) -> None:
+        consumer = self._require_consumer()
+        assigned = consumer.assignment()
+        consumer.pause(*[tp for tp in map(_topic_partition, lanes) if tp in assigned])
+
+    def resume(self, lanes: Collection[str]) -> None:
+        consumer = self._require_consumer()
+        assigned = consumer.assignment()
+        consumer.resume(*[tp for tp in map(_topic_partition, lanes) if tp in assigned])
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await _stop_quietly(self._consumer)
+            self._consumer = None
+
+    def _require_consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise SourceError("Kafka source used before start()")
+        return self._consumer
+
+    async def seek_start(self, consumer: AIOKafkaConsumer, assigned: Collection[TopicPartition]) -> None:
+        """Place partitions that have no committed offset at the mapping's AT_TIMESTAMP position
+        (TRIM_HORIZON and LATEST are the consumer's offset reset policy)."""
+        timestamp = self.mapping.starting_position_timestamp
+        if timestamp is None:
+            return
+        fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
+        if not fresh:
+            return
+        found = await consumer.offsets_for_times({tp: int(timestamp.timestamp() * 1000) for tp in fresh})
+        for tp in fresh:
+            offset = found.get(tp)
+            if offset is None:
+                await consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, offset.offset)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource, consumer: AIOKafkaConsumer, listener: LaneListener) -> None:
+        self.source = source
+        self.consumer = consumer
+        self.listener = listener
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        # Finish and commit the revoked partitions' in-flight batches before giving them up
+        # (the contract in aiokafka's ConsumerRebalanceListener docstring).
+        if revoked:
+            await self.listener.lanes_revoked([lane_name(tp.topic, tp.partition) for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        log.info(
+            "mapping %s: assigned %s",
+            self.source.name,
+            ",".join(sorted(lane_name(tp.topic, tp.partition) for tp in assigned)) or "nothing",
+        )
+        await self.source.seek_start(self.consumer, assigned)
+
+
+async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    try:
+        await consumer.stop()
+    except Exception as exc:
+        log.debug("error while stopping a Kafka consumer: %s", exc)

@@ -1,0 +1,56 @@
+"""Session-wide broker fixtures (SPEC section 11).
+
+A test that needs a broker and cannot get one fails; it is never skipped, so a green run always
+means the broker tests ran.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from poller.standins import KAFKA_PORT, LOOPBACK, StandInError, port_open, start_kafka
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The same directory as `python -m poller.standins`, so a CI trap's `stop` also finds a broker
+# left behind by a test run that was killed before its teardown.
+STATE_DIR = REPO_ROOT / ".brokers"
+
+
+def _first_address(bootstrap: str) -> tuple[str, int] | None:
+    entry = bootstrap.split(",")[0].strip()
+    host, _, port = entry.rpartition(":")
+    try:
+        return host.strip("[]") or LOOPBACK, int(port)
+    except ValueError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Kafka bootstrap servers: ``$KAFKA_BOOTSTRAP``, else a tansu stand-in on 127.0.0.1:9092.
+
+    A stand-in is started only if the port is closed, and stopped at the end of the session only
+    if this fixture started it.
+    """
+    configured = os.environ.get("KAFKA_BOOTSTRAP", "").strip()
+    if configured:
+        address = _first_address(configured)
+        if address is None:
+            pytest.fail(f"KAFKA_BOOTSTRAP={configured!r} is not host:port[,host:port...]")
+        if not port_open(*address):
+            pytest.fail(f"KAFKA_BOOTSTRAP={configured!r}: nothing listens on {address[0]}:{address[1]}")
+        yield configured
+        return
+    try:
+        stand_in = start_kafka(KAFKA_PORT, STATE_DIR)
+    except StandInError as exc:
+        pytest.fail(f"no Kafka broker for the tests: {exc}")
+    try:
+        yield f"{LOOPBACK}:{KAFKA_PORT}"
+    finally:
+        if stand_in is not None:
+            stand_in.stop()

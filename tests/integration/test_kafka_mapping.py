@@ -1,0 +1,463 @@
+"""The Kafka event source mapping against a real Kafka broker, in process (SPEC sections 5-7)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import recorder
+from support import (
+    KAFKA_TEST_GROUP_SETTINGS,
+    committed_offsets,
+    consume_all,
+    create_topic,
+    produce,
+    unique_name,
+    wait_for,
+)
+
+from poller.app import App
+from poller.clock import Clock
+from poller.config import Config
+from poller.standins import start_kafka
+
+pytestmark = pytest.mark.kafka
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FakeClock(Clock):
+    """Wall time plus whatever the engine slept: backoff and record age without waiting."""
+
+    def __init__(self) -> None:
+        self.slept = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.slept
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        await asyncio.sleep(0.01)
+
+
+def make_config(
+    bootstrap: str,
+    topic: str,
+    handler: str,
+    *,
+    destination: dict[str, Any] | None = None,
+    function: dict[str, Any] | None = None,
+    **mapping: Any,
+) -> Config:
+    connections: dict[str, Any] = {"kafka": {"type": "kafka", "bootstrap_servers": bootstrap}}
+    destinations = {}
+    if destination is not None:
+        if "bootstrap_servers" in destination:
+            connections["dlq-kafka"] = {
+                "type": "kafka",
+                "bootstrap_servers": destination.pop("bootstrap_servers"),
+            }
+            destination["connection"] = "dlq-kafka"
+        destinations["dlq"] = destination
+        mapping["destination_config"] = {"on_failure": {"destination": "dlq"}}
+    return Config.model_validate(
+        {
+            "connections": connections,
+            "functions": {"fn": {"handler": handler, **(function or {})}},
+            "destinations": destinations,
+            "mappings": {
+                "m": {
+                    "function_name": "fn",
+                    "source": {
+                        "type": "kafka",
+                        "connection": "kafka",
+                        "topics": [topic],
+                        "consumer_group_id": unique_name("group"),
+                        **KAFKA_TEST_GROUP_SETTINGS,
+                    },
+                    **mapping,
+                }
+            },
+            "admin": {"port": 0},
+        }
+    )
+
+
+@asynccontextmanager
+async def running(config: Config, clock: Clock | None = None) -> AsyncIterator[App]:
+    app = App(config, clock=clock, drain_timeout=10)
+    task = asyncio.create_task(app.run())
+    try:
+        await wait_for(lambda: app.admin.port or task.done(), message="admin endpoints up")
+        yield app
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, 30)
+
+
+def handled(topic: str) -> list[tuple[int, int]]:
+    return [(r["partition"], r["offset"]) for call in recorder.CALLS[topic] for r in call]
+
+
+def group_of(config: Config) -> str:
+    group = config.mappings["m"].source.consumer_group_id
+    assert group is not None
+    return group
+
+
+async def committed(bootstrap: str, config: Config, topic: str, partitions: int) -> dict[int, int | None]:
+    return await committed_offsets(bootstrap, group_of(config), topic, list(range(partitions)))
+
+
+async def test_ten_thousand_records_once_in_order_and_committed(kafka_bootstrap: str) -> None:
+    topic = unique_name("orders")
+    await create_topic(kafka_bootstrap, topic, 4)
+    produced = [(i % 4, f"k{i}", json.dumps({"i": i}), None) for i in range(10_000)]
+    await produce(kafka_bootstrap, topic, produced)
+    config = make_config(kafka_bootstrap, topic, "recorder:collect_async")
+    async with running(config) as app:
+        await wait_for(lambda: len(handled(topic)) >= 10_000, timeout=120, message="10,000 records handled")
+        await wait_for(
+            lambda: _committed_is(kafka_bootstrap, config, topic, {p: 2500 for p in range(4)}),
+            message="offsets committed",
+        )
+        assert app.runners["m"].stats.dead_lettered == 0
+    seen = handled(topic)
+    assert len(seen) == 10_000, "each record exactly once on the happy path"
+    for partition in range(4):
+        offsets = [offset for p, offset in seen if p == partition]
+        assert offsets == list(range(2500)), f"partition {partition} in order"
+    assert max(len(call) for call in recorder.CALLS[topic]) <= 100  # batch_size default
+
+
+async def _committed_is(bootstrap: str, config: Config, topic: str, expected: dict[int, int]) -> bool:
+    return await committed(bootstrap, config, topic, len(expected)) == expected
+
+
+async def test_poison_record_is_isolated_by_bisect_and_dead_lettered(kafka_bootstrap: str) -> None:
+    topic, dlq = unique_name("orders"), unique_name("orders-dlq")
+    await create_topic(kafka_bootstrap, topic, 1)
+    await create_topic(kafka_bootstrap, dlq, 1)
+    poison = 37
+    headers = [
+        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("bin", b"\xff\x00\x80"),
+    ]
+    await produce(
+        kafka_bootstrap,
+        topic,
+        [(0, f"key-{i}", b"poison!" if i == poison else f"ok-{i}".encode(), headers) for i in range(100)],
+    )
+    config = make_config(
+        kafka_bootstrap,
+        topic,
+        "recorder:collect",
+        destination={"type": "kafka", "connection": "kafka", "topic": dlq},
+        bisect_batch_on_function_error=True,
+        maximum_retry_attempts=2,
+        maximum_batching_window_in_seconds=2,
+    )
+    async with running(config, FakeClock()) as app:
+        await wait_for(
+            lambda: _committed_is(kafka_bootstrap, config, topic, {0: 100}),
+            timeout=60,
+            message="committed past the poison record",
+        )
+        stats = app.runners["m"].stats
+    messages = await consume_all(kafka_bootstrap, dlq, 1, timeout=30)
+    assert len(messages) == 1
+    message = messages[0]
+    assert message.key == f"key-{poison}".encode()
+    assert [(k, v) for k, v in message.headers if not k.startswith("x-poller-")] == headers
+    extra = dict((k, v) for k, v in message.headers if k.startswith("x-poller-"))
+    assert extra["x-poller-topic"] == topic.encode()
+    assert extra["x-poller-offset"] == str(poison).encode()
+    assert extra["x-poller-error-type"] == b"ValueError"
+    failure = json.loads(message.value)
+    assert failure["version"] == "1.0"
+    assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert failure["requestContext"]["functionArn"].endswith(":function:fn")
+    assert failure["responseContext"] == {
+        "statusCode": 200,
+        "executedVersion": "$LATEST",
+        "functionError": "Unhandled",
+    }
+    assert failure["errorInfo"]["errorType"] == "ValueError"
+    assert "poison at offset 37" in failure["errorInfo"]["errorMessage"]
+    assert failure["errorInfo"]["stackTrace"]
+    assert failure["mapping"] == "m"
+    assert failure["source"] == {
+        "type": "kafka",
+        "topic": topic,
+        "partition": 0,
+        "startOffset": poison,
+        "endOffset": poison,
+        "batchSize": 1,
+    }
+    assert len(failure["traceId"]) == 32
+    assert failure["timestamp"].endswith("Z")
+    [record] = failure["records"]
+    assert record["offset"] == poison
+    assert base64.b64decode(record["value"]) == b"poison!"
+    assert base64.b64decode(record["key"]) == f"key-{poison}".encode()
+    assert record["headers"][1] == {"bin": [-1, 0, -128]}
+    # Every other record was handled successfully, and the poison record was retried twice alone.
+    succeeded = {
+        r["offset"]
+        for call in recorder.CALLS[topic]
+        if not any(r["offset"] == poison for r in call)
+        for r in call
+    }
+    assert [r["offset"] for r in failure["records"]] == [poison]
+    assert succeeded == set(range(100)) - {poison}
+    assert failure["requestContext"]["approximateInvokeCount"] == stats.bisections + 1 + 2
+    # Logarithmic, not linear: ~2 log2(100) invocations plus the two retries of the poison record.
+    assert stats.invocations <= 2 * 7 + 1 + 2
+    assert stats.dead_lettered == 1
+
+
+async def test_partial_batch_response_retries_from_lowest_failed_offset(kafka_bootstrap: str) -> None:
+    topic = unique_name("partial")
+    await create_topic(kafka_bootstrap, topic, 1)
+    await produce(kafka_bootstrap, topic, [(0, None, f"v{i}", None) for i in range(20)])
+    recorder.FAIL_ONCE_AT[topic] = 7
+    config = make_config(
+        kafka_bootstrap,
+        topic,
+        "recorder:partial_once",
+        function_response_types=["ReportBatchItemFailures"],
+        maximum_batching_window_in_seconds=2,
+    )
+    async with running(config, FakeClock()):
+        await wait_for(lambda: _committed_is(kafka_bootstrap, config, topic, {0: 20}), timeout=60)
+    first, second = recorder.CALLS[topic][:2]
+    assert [r["offset"] for r in first] == list(range(20))
+    assert [r["offset"] for r in second] == list(range(7, 20)), "retried from the lowest failed offset"
+    assert len(recorder.CALLS[topic]) == 2
+
+
+async def test_record_age_ends_retries_with_record_age_exceeded(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = unique_name("aging")
+    await create_topic(kafka_bootstrap, topic, 1)
+    await produce(kafka_bootstrap, topic, [(0, None, "x", None)])
+    dead_letters = tmp_path / "failed.jsonl"
+    config = make_config(
+        kafka_bootstrap,
+        topic,
+        "recorder:always_fail",
+        destination={"type": "file", "path": str(dead_letters)},
+        maximum_record_age_in_seconds=60,
+    )
+    clock = FakeClock()
+    async with running(config, clock):
+        await wait_for(dead_letters.exists, timeout=60, message="record dead-lettered")
+        await wait_for(lambda: _committed_is(kafka_bootstrap, config, topic, {0: 1}))
+    [failure] = [json.loads(line) for line in dead_letters.read_text().splitlines()]
+    assert failure["requestContext"]["condition"] == "RecordAgeExceeded"
+    attempts = len(recorder.CALLS[topic])
+    assert failure["requestContext"]["approximateInvokeCount"] == attempts
+    # Backoff 1, 2, 4, ... 32 s: the record passed 60 s of age after about six retries.
+    assert 5 <= attempts <= 8
+    assert 60 <= clock.slept <= 130
+
+
+async def test_destination_down_holds_the_offset_until_it_confirms(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = unique_name("dl-outage")
+    await create_topic(kafka_bootstrap, topic, 1)
+    await produce(
+        kafka_bootstrap, topic, [(0, None, "poison" if i == 3 else f"ok{i}", None) for i in range(10)]
+    )
+    dlq_port = free_port()
+    dlq_topic = unique_name("dlq")
+    config = make_config(
+        kafka_bootstrap,
+        topic,
+        "recorder:collect",
+        destination={"type": "kafka", "bootstrap_servers": f"127.0.0.1:{dlq_port}", "topic": dlq_topic},
+        bisect_batch_on_function_error=True,
+        maximum_retry_attempts=0,
+        maximum_batching_window_in_seconds=2,
+    )
+    async with running(config, FakeClock()):
+        # Records before the poison record commit; nothing passes it while the destination is down.
+        await wait_for(lambda: _committed_is(kafka_bootstrap, config, topic, {0: 3}), timeout=60)
+        await wait_for(lambda: len(handled(topic)) >= 10 and recorder.CALLS[topic], timeout=30)
+        for _ in range(5):
+            assert await committed(kafka_bootstrap, config, topic, 1) == {0: 3}
+            await asyncio.sleep(0.2)
+        dlq_broker = start_kafka(dlq_port, tmp_path)
+        try:
+            # No topic is created: the stand-in creates it on the producer's first metadata request.
+            await wait_for(
+                lambda: _committed_is(kafka_bootstrap, config, topic, {0: 10}), timeout=60, message="resumed"
+            )
+            messages = await consume_all(f"127.0.0.1:{dlq_port}", dlq_topic, 1, timeout=30)
+        finally:
+            if dlq_broker is not None:
+                dlq_broker.stop()
+    assert [json.loads(m.value)["records"][0]["offset"] for m in messages] == [3]
+
+
+async def test_sync_sleeping_handler_does_not_stall_other_partitions(kafka_bootstrap: str) -> None:
+    topic = unique_name("slow")
+    await create_topic(kafka_bootstrap, topic, 4)
+    await produce(kafka_bootstrap, topic, [(i % 4, None, f"v{i}", None) for i in range(400)])
+    recorder.SLOW_PARTITION[topic] = (0, 4.0)
+    config = make_config(kafka_bootstrap, topic, "recorder:slow_partition", function={"timeout": 10})
+    async with running(config):
+        started = time.monotonic()
+        await wait_for(
+            lambda: sum(1 for p, _ in handled(topic) if p != 0) == 300,
+            timeout=30,
+            message="partitions 1-3 handled",
+        )
+        elapsed = time.monotonic() - started
+        # Partition 0's handler blocks its thread for 4 s a batch; the others finished meanwhile.
+        assert sum(1 for p, _ in handled(topic) if p == 0) <= 100
+        assert elapsed < 4.0
+        await wait_for(lambda: len(handled(topic)) == 400, timeout=60)
+
+
+async def test_handler_past_its_timeout_is_a_failed_invocation(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = unique_name("timeout")
+    await create_topic(kafka_bootstrap, topic, 1)
+    await produce(kafka_bootstrap, topic, [(0, None, "slow", None)])
+    recorder.SLOW_PARTITION[topic] = (0, 3.0)
+    dead_letters = tmp_path / "failed.jsonl"
+    config = make_config(
+        kafka_bootstrap,
+        topic,
+        "recorder:slow_partition",
+        function={"timeout": 1},
+        destination={"type": "file", "path": str(dead_letters)},
+        maximum_retry_attempts=0,
+    )
+    async with running(config, FakeClock()):
+        await wait_for(dead_letters.exists, timeout=30)
+    failure = json.loads(dead_letters.read_text().splitlines()[0])
+    assert failure["errorInfo"]["errorType"] == "Sandbox.Timedout"
+    assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
+
+
+async def test_values_that_are_not_utf8_or_json_are_passed_as_is(kafka_bootstrap: str) -> None:
+    topic = unique_name("binary")
+    await create_topic(kafka_bootstrap, topic, 1)
+    values = [b"\xff\xfe\x00binary", b"not json {", b"", b'{"ok": true}']
+    await produce(kafka_bootstrap, topic, [(0, None, value, None) for value in values])
+    config = make_config(kafka_bootstrap, topic, "recorder:collect")
+    async with running(config) as app:
+        await wait_for(lambda: len(handled(topic)) == 4, timeout=30)
+        assert app.runners["m"].stats.failed == 0
+    records = [r for call in recorder.CALLS[topic] for r in call]
+    assert [base64.b64decode(r["value"]) for r in records] == values
+    assert all("key" not in r for r in records), "a null key is left out, as AWS does"
+
+
+async def test_powertools_kafka_event_reads_our_event(kafka_bootstrap: str) -> None:
+    topic = unique_name("powertools")
+    await create_topic(kafka_bootstrap, topic, 1)
+    await produce(kafka_bootstrap, topic, [(0, "order-1", '{"amount": 10}', [("tenant", b"acme")])])
+    config = make_config(kafka_bootstrap, topic, "recorder:powertools")
+    async with running(config) as app:
+        await wait_for(lambda: recorder.CALLS["powertools:" + topic], timeout=30)
+        assert app.runners["m"].stats.failed == 0
+    [[seen]] = recorder.CALLS["powertools:" + topic]
+    assert seen == {
+        "topic": topic,
+        "partition": 0,
+        "offset": 0,
+        "key": b"order-1",
+        "value": {"amount": 10},
+        "headers": {"tenant": b"acme"},
+        "timestamp_type": "CREATE_TIME",
+    }
+
+
+async def test_rebalance_hands_partitions_over_without_loss(kafka_bootstrap: str) -> None:
+    topic = unique_name("rebalance")
+    await create_topic(kafka_bootstrap, topic, 4)
+    await produce(kafka_bootstrap, topic, [(i % 4, None, f"v{i}", None) for i in range(2000)])
+    recorder.BATCH_DELAY[topic] = 0.2
+    config = make_config(
+        kafka_bootstrap,
+        topic,
+        "recorder:slow_every_batch",
+        batch_size=20,
+        maximum_batching_window_in_seconds=0,
+    )
+    async with running(config) as first:
+        await wait_for(lambda: len(handled(topic)) >= 200, timeout=60, message="first member started")
+        async with running(config) as second:
+            # Both members hold partitions: the group rebalanced while batches were in flight.
+            await wait_for(
+                lambda: second.runners["m"].stats.invoked > 0, timeout=60, message="second member got work"
+            )
+            await wait_for(
+                lambda: len(set(handled(topic))) == 2000, timeout=120, message="everything handled"
+            )
+            await wait_for(lambda: _committed_is(kafka_bootstrap, config, topic, {p: 500 for p in range(4)}))
+        assert first.runners["m"].stats.invoked > 0
+    seen = handled(topic)
+    assert set(seen) == {(i % 4, i // 4) for i in range(2000)}
+    # Revoked partitions were committed after their in-flight batch, so re-reads are rare.
+    assert len(seen) - 2000 <= 4 * 20
+
+
+async def test_broker_down_at_start_is_retried_and_shown_in_readyz() -> None:
+    import aiohttp
+
+    port = free_port()
+    config = make_config(f"127.0.0.1:{port}", "never", "recorder:collect")
+    async with running(config) as app:
+        base = f"http://127.0.0.1:{app.admin.port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/healthz") as response:
+                assert response.status == 200
+            async with session.get(f"{base}/readyz") as response:
+                assert response.status == 503
+                body = await response.json()
+            assert "cannot connect to Kafka" in body["mappings"]["m"]
+            async with session.get(f"{base}/mappings") as response:
+                mappings = await response.json()
+        assert mappings["m"]["state"] == "Connecting"
+        assert mappings["m"]["ready"] is False
+
+
+async def test_readyz_once_polling(kafka_bootstrap: str) -> None:
+    import aiohttp
+
+    topic = unique_name("ready")
+    await create_topic(kafka_bootstrap, topic, 1)
+    config = make_config(kafka_bootstrap, topic, "recorder:collect")
+    async with running(config) as app, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{app.admin.port}/readyz"
+
+        async def ready() -> bool:
+            async with session.get(url) as response:
+                return response.status == 200
+
+        await wait_for(ready, timeout=30, message="/readyz turned 200")
+
+
+async def test_unknown_topic_stops_the_service_at_start(kafka_bootstrap: str) -> None:
+    from poller.errors import SourceError
+
+    config = make_config(kafka_bootstrap, unique_name("missing"), "recorder:collect")
+    app = App(config, drain_timeout=5)
+    with pytest.raises(ExceptionGroup) as raised:
+        await asyncio.wait_for(app.run(), 30)
+    assert raised.group_contains(SourceError, match="unknown Kafka topic")

@@ -1,0 +1,258 @@
+"""Batching, retry/bisect planning, ordered commits and outcome parsing: pure logic, no broker."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from poller.batching import Batcher
+from poller.checkpoint import CommitTracker
+from poller.outcome import Failed, InvocationError, PartiallyFailed, Succeeded, outcome_of
+from poller.records import Batch, Record
+from poller.retry import (
+    RECORD_AGE_EXCEEDED,
+    RETRY_ATTEMPTS_EXHAUSTED,
+    Done,
+    GiveUp,
+    Retry,
+    RetryPolicy,
+    Split,
+    plan,
+    screen,
+)
+
+
+def rec(position: int, *, size: int = 10, timestamp: float = 1000.0, lane: str = "t-0") -> Record:
+    return Record(
+        partition=lane,
+        lane=lane,
+        position=position,
+        item_key=(lane, position),
+        payload={"offset": position},
+        size=size,
+        timestamp=timestamp,
+    )
+
+
+def policy(retries: int = -1, age: float = -1, bisect: bool = False, ordered: bool = True) -> RetryPolicy:
+    return RetryPolicy(retries, age, bisect, ordered, random.Random(7))
+
+
+FAILED = Failed(InvocationError("ValueError", "boom"))
+
+
+# --- batching ------------------------------------------------------------------------------------
+
+
+def test_batch_ready_at_batch_size() -> None:
+    batcher = Batcher(batch_size=3, window=10, max_bytes=1000)
+    for i in range(4):
+        batcher.add(rec(i), now=0)
+    assert batcher.ready(0)
+    assert [r.position for r in batcher.take()] == [0, 1, 2]
+    assert not batcher.ready(0)  # one record waits for its window
+    assert batcher.deadline() == 10
+
+
+def test_batch_ready_when_window_passes_since_first_record() -> None:
+    batcher = Batcher(batch_size=100, window=0.5, max_bytes=1000)
+    batcher.add(rec(0), now=1.0)
+    batcher.add(rec(1), now=1.4)
+    assert not batcher.ready(1.49)
+    assert batcher.ready(1.5)
+    assert len(batcher.take()) == 2
+
+
+def test_batch_closes_before_payload_limit() -> None:
+    batcher = Batcher(batch_size=100, window=10, max_bytes=100)
+    for i in range(5):
+        batcher.add(rec(i, size=40), now=0)
+    assert batcher.ready(0)  # 200 bytes pending > 100
+    assert [r.position for r in batcher.take()] == [0, 1]
+    assert [r.position for r in batcher.take()] == [2, 3]
+
+
+def test_oversized_record_is_a_batch_of_its_own() -> None:
+    batcher = Batcher(batch_size=100, window=0, max_bytes=100)
+    batcher.add(rec(0, size=500), now=0)
+    batcher.add(rec(1, size=10), now=0)
+    assert [r.position for r in batcher.take()] == [0]
+    assert [r.position for r in batcher.take()] == [1]
+
+
+def test_zero_window_is_ready_at_once() -> None:
+    batcher = Batcher(batch_size=100, window=0, max_bytes=1000)
+    batcher.add(rec(0), now=5)
+    assert batcher.ready(5)
+
+
+# --- retry planning ------------------------------------------------------------------------------
+
+
+def test_success_is_done() -> None:
+    assert isinstance(plan(Batch([rec(0)]), Succeeded(), policy()), Done)
+
+
+def test_without_bisect_every_failure_counts() -> None:
+    batch = Batch([rec(0), rec(1)])
+    decisions = []
+    for _ in range(3):
+        decision = plan(batch, FAILED, policy(retries=2))
+        decisions.append(decision)
+        if isinstance(decision, Retry):
+            batch = decision.batch
+    assert [type(d) for d in decisions] == [Retry, Retry, GiveUp]
+    assert decisions[-1].condition == RETRY_ATTEMPTS_EXHAUSTED  # type: ignore[union-attr]
+    assert len(decisions[-1].batch.records) == 2  # type: ignore[union-attr]
+
+
+def test_zero_retries_gives_up_after_first_failure() -> None:
+    decision = plan(Batch([rec(0)]), FAILED, policy(retries=0))
+    assert isinstance(decision, GiveUp)
+
+
+def test_bisect_splits_in_order_and_halves_inherit_retries() -> None:
+    batch = Batch([rec(i) for i in range(5)], retries=1)
+    decision = plan(batch, FAILED, policy(retries=2, bisect=True))
+    assert isinstance(decision, Split)
+    assert [r.position for r in decision.left.records] == [0, 1]
+    assert [r.position for r in decision.right.records] == [2, 3, 4]
+    assert decision.left.retries == decision.right.retries == 1
+    assert decision.left.depth == 1
+
+
+def test_bisect_isolates_poison_in_logarithmic_invocations() -> None:
+    """Simulate the engine's queue: 100 records, one poison, bisect on, 2 retries."""
+    records = [rec(i) for i in range(100)]
+    poison = 37
+    queue = [Batch(records)]
+    invocations, committed, dead, dead_batch = 0, [], [], None
+    p = policy(retries=2, bisect=True)
+    while queue:
+        batch = queue.pop(0)
+        invocations += 1
+        batch.invocations += 1
+        failed = any(r.position == poison for r in batch.records)
+        decision = plan(batch, FAILED if failed else Succeeded(), p)
+        if isinstance(decision, Done):
+            committed += [r.position for r in batch.records]
+        elif isinstance(decision, Split):
+            queue[0:0] = [decision.left, decision.right]
+        elif isinstance(decision, Retry):
+            queue.insert(0, decision.batch)
+        else:
+            assert isinstance(decision, GiveUp)
+            dead += [r.position for r in decision.batch.records]
+            dead_batch = decision.batch
+    assert dead == [poison]
+    assert committed == [i for i in range(100) if i != poison]
+    # ~2*log2(100) invocations to isolate and commit around it, plus 2 retries of the poison.
+    assert invocations <= 2 * 7 + 1 + 2
+    # The poison record was invoked once per bisection level, then retried twice on its own.
+    assert dead_batch is not None
+    assert dead_batch.invocations == dead_batch.depth + 1 + 2
+
+
+def test_partial_failure_on_stream_retries_from_lowest_failed() -> None:
+    batch = Batch([rec(i) for i in range(6)])
+    outcome = PartiallyFailed(frozenset({("t-0", 4), ("t-0", 2)}), InvocationError("x", "y"))
+    decision = plan(batch, outcome, policy(bisect=True))
+    assert isinstance(decision, Retry)
+    assert [r.position for r in decision.done] == [0, 1]
+    assert [r.position for r in decision.batch.records] == [2, 3, 4, 5]
+    assert decision.batch.retries == 1
+
+
+def test_partial_failure_on_queue_retries_only_failed() -> None:
+    batch = Batch([rec(i) for i in range(4)])
+    outcome = PartiallyFailed(frozenset({("t-0", 1), ("t-0", 3)}), InvocationError("x", "y"))
+    decision = plan(batch, outcome, policy(ordered=False))
+    assert isinstance(decision, Retry)
+    assert [r.position for r in decision.done] == [0, 2]
+    assert [r.position for r in decision.batch.records] == [1, 3]
+
+
+def test_backoff_doubles_to_sixty_seconds_with_jitter() -> None:
+    p = policy()
+    for retry, base in [(1, 1), (2, 2), (3, 4), (6, 32), (7, 60), (30, 60)]:
+        delay = p.backoff(retry)
+        assert base / 2 <= delay <= base
+
+
+def test_screen_takes_out_expired_and_too_large_records() -> None:
+    batch = Batch([rec(0, timestamp=0), rec(1, timestamp=950), rec(2, size=10**9, timestamp=990)])
+    screened = screen(batch, now=1000.0, policy=policy(age=60))
+    assert [r.position for r in screened.expired] == [0]
+    assert [r.position for r in screened.too_large] == [2]
+    assert screened.batch is not None
+    assert [r.position for r in screened.batch.records] == [1]
+
+
+def test_screen_without_age_limit_keeps_old_records() -> None:
+    batch = Batch([rec(0, timestamp=0)])
+    assert screen(batch, now=10**9, policy=policy(age=-1)).batch is batch
+    assert RECORD_AGE_EXCEEDED == "RecordAgeExceeded"
+
+
+# --- ordered commits -----------------------------------------------------------------------------
+
+
+def test_checkpoint_advances_only_over_contiguous_completed_records() -> None:
+    tracker = CommitTracker()
+    records = [rec(i) for i in range(5)]
+    for record in records:
+        tracker.track(record)
+    assert tracker.complete([records[1], records[2]]) is None
+    assert tracker.complete([records[0]]) is records[2]
+    assert tracker.complete([records[4]]) is None
+    assert tracker.complete([records[3]]) is records[4]
+    assert len(tracker) == 0
+
+
+# --- outcomes ------------------------------------------------------------------------------------
+
+
+def kafka_key(identifier: object) -> object:
+    if isinstance(identifier, dict) and isinstance(identifier.get("offset"), int):
+        return (identifier.get("partition"), identifier["offset"])
+    return None
+
+
+KEYS = [("t-0", 0), ("t-0", 1)]
+
+
+@pytest.mark.parametrize("result", [None, {}, {"batchItemFailures": []}, {"batchItemFailures": None}, ""])
+def test_empty_responses_are_success(result: object) -> None:
+    outcome = outcome_of(result, report_batch_item_failures=True, batch_keys=KEYS, item_key=kafka_key)
+    assert isinstance(outcome, Succeeded)
+
+
+@pytest.mark.parametrize(
+    "failures",
+    [
+        [{"itemIdentifier": ""}],
+        [{"itemIdentifier": None}],
+        [{"id": {"partition": "t-0", "offset": 1}}],
+        [{"itemIdentifier": {"partition": "t-0", "offset": 99}}],
+        [{"itemIdentifier": "t-0:1"}],
+        "not a list",
+    ],
+)
+def test_invalid_partial_responses_fail_the_whole_batch(failures: object) -> None:
+    result = {"batchItemFailures": failures}
+    outcome = outcome_of(result, report_batch_item_failures=True, batch_keys=KEYS, item_key=kafka_key)
+    assert isinstance(outcome, Failed)
+    assert outcome.error.error_type == "InvalidPartialBatchResponse"
+
+
+def test_partial_response_names_failed_keys() -> None:
+    result = {"batchItemFailures": [{"itemIdentifier": {"partition": "t-0", "offset": 1}}]}
+    outcome = outcome_of(result, report_batch_item_failures=True, batch_keys=KEYS, item_key=kafka_key)
+    assert outcome == PartiallyFailed(frozenset({("t-0", 1)}), outcome.error)  # type: ignore[union-attr]
+
+
+def test_partial_response_ignored_without_report_batch_item_failures() -> None:
+    result = {"batchItemFailures": [{"itemIdentifier": {"partition": "t-0", "offset": 1}}]}
+    outcome = outcome_of(result, report_batch_item_failures=False, batch_keys=KEYS, item_key=kafka_key)
+    assert isinstance(outcome, Succeeded)
