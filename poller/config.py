@@ -92,12 +92,46 @@ class KafkaDestination(_Model):
     topic: str
 
 
+class SqsDestination(_Model):
+    type: Literal["sqs"]
+    connection: str
+    queue: str = Field(description="Queue name, URL or ARN.")
+
+
+class SnsDestination(_Model):
+    type: Literal["sns"]
+    connection: str
+    topic_arn: str
+
+
+class S3Destination(_Model):
+    type: Literal["s3"]
+    connection: str
+    bucket: str
+    prefix: str = ""
+
+
+class RabbitMQDestination(_Model):
+    type: Literal["rabbitmq"]
+    connection: str
+    exchange: str = Field(description='"" is the default exchange (routing_key is then a queue name).')
+    routing_key: str = ""
+
+
 class FileDestination(_Model):
     type: Literal["file"]
     path: str = Field(description="JSON lines, one failure record a line (for development).")
 
 
-Destination = Annotated[KafkaDestination | FileDestination, Field(discriminator="type")]
+Destination = Annotated[
+    KafkaDestination
+    | SqsDestination
+    | SnsDestination
+    | S3Destination
+    | RabbitMQDestination
+    | FileDestination,
+    Field(discriminator="type"),
+]
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -115,7 +149,35 @@ class KafkaSource(_Model):
     max_poll_interval_ms: int = Field(300000, ge=1000)
 
 
-Source = Annotated[KafkaSource, Field(discriminator="type")]
+class SqsSource(_Model):
+    type: Literal["sqs"]
+    connection: str
+    queue: str = Field(description="Queue name, URL or ARN.")
+
+
+class KinesisSource(_Model):
+    type: Literal["kinesis"]
+    connection: str
+    stream: str = Field(description="Stream name or ARN.")
+
+
+class RabbitMQSource(_Model):
+    type: Literal["rabbitmq"]
+    connection: str
+    queues: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+
+
+Source = Annotated[KafkaSource | SqsSource | KinesisSource | RabbitMQSource, Field(discriminator="type")]
+
+# The kind of connection each source and destination type uses.
+CONNECTION_TYPE = {
+    "kafka": "kafka",
+    "rabbitmq": "rabbitmq",
+    "sqs": "aws",
+    "kinesis": "aws",
+    "sns": "aws",
+    "s3": "aws",
+}
 
 # Per-source defaults, as on AWS.
 DEFAULT_BATCH_SIZE = {"kafka": 100, "kinesis": 100, "rabbitmq": 100, "sqs": 10}
@@ -132,6 +194,20 @@ class DestinationConfig(_Model):
 
 class ScalingConfig(_Model):
     maximum_concurrency: int = Field(10, ge=1, le=1000)
+
+
+class SqliteCheckpoints(_Model):
+    type: Literal["sqlite"]
+    path: str = Field(description="SQLite file holding one checkpoint per shard.")
+
+
+class DynamoDBCheckpoints(_Model):
+    type: Literal["dynamodb"]
+    connection: str
+    table: str = Field(description="Lease table shared by every replica; created if missing.")
+
+
+Checkpoints = Annotated[SqliteCheckpoints | DynamoDBCheckpoints, Field(discriminator="type")]
 
 
 class Mapping(_Model):
@@ -156,6 +232,8 @@ class Mapping(_Model):
     )
     destination_config: DestinationConfig | None = None
     scaling_config: ScalingConfig | None = None
+    parallelization_factor: int = Field(1, ge=1, le=10, description="Kinesis: concurrent batches per shard.")
+    checkpoints: Checkpoints | None = Field(None, description="Kinesis: where shard checkpoints are kept.")
 
     @field_validator("maximum_record_age_in_seconds")
     @classmethod
@@ -215,15 +293,18 @@ class Config(_Model):
                 errors.append((path, f"connection {name!r} is of type {connection.type}, not {kind}"))
 
         for name, destination in self.destinations.items():
-            if isinstance(destination, KafkaDestination):
-                check_connection(("destinations", name, "connection"), destination.connection, "kafka")
+            if not isinstance(destination, FileDestination):
+                kind = CONNECTION_TYPE[destination.type]
+                check_connection(("destinations", name, "connection"), destination.connection, kind)
         for name, mapping in self.mappings.items():
             if mapping.function_name not in self.functions:
                 errors.append(
                     (("mappings", name, "function_name"), f"unknown function {mapping.function_name!r}")
                 )
             check_connection(
-                ("mappings", name, "source", "connection"), mapping.source.connection, mapping.source.type
+                ("mappings", name, "source", "connection"),
+                mapping.source.connection,
+                CONNECTION_TYPE[mapping.source.type],
             )
             target = mapping.on_failure_destination
             if target is not None and target not in self.destinations:
@@ -232,6 +313,17 @@ class Config(_Model):
                         ("mappings", name, "destination_config", "on_failure", "destination"),
                         f"unknown destination {target!r}",
                     )
+                )
+            if mapping.source.type != "kinesis":
+                if mapping.parallelization_factor != 1:
+                    errors.append(
+                        (("mappings", name, "parallelization_factor"), "applies to kinesis sources only")
+                    )
+                if mapping.checkpoints is not None:
+                    errors.append((("mappings", name, "checkpoints"), "applies to kinesis sources only"))
+            if isinstance(mapping.checkpoints, DynamoDBCheckpoints):
+                check_connection(
+                    ("mappings", name, "checkpoints", "connection"), mapping.checkpoints.connection, "aws"
                 )
             if mapping.scaling_config is not None and mapping.source.type not in ("sqs", "rabbitmq"):
                 errors.append(

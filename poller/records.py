@@ -27,7 +27,7 @@ class Record:
     payload: dict[str, Any]
     size: int
     timestamp: float  # seconds since the epoch at which the broker received it
-    receive_count: int = 0  # earlier deliveries the broker counted (queues); 0 for streams
+    receive_count: int = 0  # earlier attempts the broker counted (queues: survives restarts); 0 for streams
 
 
 @dataclass(slots=True, eq=False)

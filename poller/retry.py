@@ -49,17 +49,27 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
-class Done:
-    """Every record succeeded."""
+class Commit:
+    """These records succeeded: commit them (or the checkpoint they allow)."""
+
+    records: list[Record]
 
 
 @dataclass(frozen=True)
 class Retry:
-    """Invoke ``batch`` again after ``delay`` seconds; ``done`` succeeded and may be committed now."""
+    """Invoke ``batch`` again, in process, after ``delay`` seconds."""
 
     batch: Batch
     delay: float
-    done: list[Record] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Release:
+    """Hand ``records`` back to the broker, to be delivered again after ``delay`` seconds with their
+    attempt count raised (queues: the count then survives a restart, and nothing is held)."""
+
+    records: list[Record]
+    delay: float
 
 
 @dataclass(frozen=True)
@@ -72,21 +82,22 @@ class Split:
 
 @dataclass(frozen=True)
 class GiveUp:
-    """Retries are over: send ``batch`` to the on-failure destination; ``done`` succeeded."""
+    """Retries are over: send ``batch`` to the on-failure destination, then commit it."""
 
     batch: Batch
     condition: str
     error: InvocationError
-    done: list[Record] = field(default_factory=list)
 
 
-Decision = Done | Retry | Split | GiveUp
+Action = Commit | Retry | Release | Split | GiveUp
 
 
-def plan(batch: Batch, outcome: Outcome, policy: RetryPolicy) -> Decision:
-    """What to do after ``batch`` was invoked (its ``invocations`` already counts this one)."""
+def plan(batch: Batch, outcome: Outcome, policy: RetryPolicy, *, release: bool = False) -> list[Action]:
+    """What to do after ``batch`` was invoked (its ``invocations`` already counts this one), as
+    actions to carry out in order. With ``release`` (a queue that can redeliver later), retries
+    are handed back to the broker and counted by it (``Record.receive_count``)."""
     if isinstance(outcome, Succeeded):
-        return Done()
+        return [Commit(batch.records)]
     if isinstance(outcome, PartiallyFailed):
         records = batch.records
         if policy.ordered:
@@ -96,22 +107,37 @@ def plan(batch: Batch, outcome: Outcome, policy: RetryPolicy) -> Decision:
         else:
             done = [record for record in records if record.item_key not in outcome.failed]
             rest = [record for record in records if record.item_key in outcome.failed]
-        return _count_failure(batch.derive(rest), outcome.error, policy, done)
+        actions: list[Action] = [Commit(done)] if done else []
+        return actions + _count_failure(batch.derive(rest), outcome.error, policy, release)
     assert isinstance(outcome, Failed)
     if policy.bisect and len(batch.records) > 1:
         middle = len(batch.records) // 2
-        return Split(
-            batch.derive(batch.records[:middle], split=True), batch.derive(batch.records[middle:], split=True)
-        )
-    return _count_failure(batch, outcome.error, policy, [])
+        return [
+            Split(
+                batch.derive(batch.records[:middle], split=True),
+                batch.derive(batch.records[middle:], split=True),
+            )
+        ]
+    return _count_failure(batch, outcome.error, policy, release)
 
 
-def _count_failure(batch: Batch, error: InvocationError, policy: RetryPolicy, done: list[Record]) -> Decision:
+def _count_failure(batch: Batch, error: InvocationError, policy: RetryPolicy, release: bool) -> list[Action]:
     limit = policy.maximum_retry_attempts
+    if release:
+        # The broker counts each record's attempts; records may have been redelivered unequally.
+        exhausted = [r for r in batch.records if limit != -1 and r.receive_count >= limit]
+        again = [r for r in batch.records if not (limit != -1 and r.receive_count >= limit)]
+        actions: list[Action] = []
+        if exhausted:
+            actions.append(GiveUp(batch.derive(exhausted), RETRY_ATTEMPTS_EXHAUSTED, error))
+        if again:
+            retry = max(r.receive_count for r in again) + 1
+            actions.append(Release(again, policy.backoff(retry)))
+        return actions
     if limit != -1 and batch.retries >= limit:
-        return GiveUp(batch, RETRY_ATTEMPTS_EXHAUSTED, error, done)
+        return [GiveUp(batch, RETRY_ATTEMPTS_EXHAUSTED, error)]
     retries = batch.retries + 1
-    return Retry(batch.derive(batch.records, retries=retries), policy.backoff(retries), done)
+    return [Retry(batch.derive(batch.records, retries=retries), policy.backoff(retries))]
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,15 @@ from poller.records import Batch, Record
 from poller.retry import (
     RECORD_AGE_EXCEEDED,
     RECORD_TOO_LARGE,
-    Done,
-    GiveUp,
+    Commit,
+    Release,
     Retry,
     RetryPolicy,
     Split,
     plan,
     screen,
 )
-from poller.sources import Pausable, Source
+from poller.sources import Pausable, Releasing, Source
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,9 @@ class MappingState:
 class Lane:
     """The ordered stream of one lane's records and the task that processes them."""
 
-    def __init__(self, name: str, batcher: Batcher) -> None:
+    def __init__(self, name: str, partition: str, batcher: Batcher) -> None:
         self.name = name
+        self.partition = partition
         self.batcher = batcher
         self.paused = False
         self.revoked = False  # once set, nothing of this lane commits any more
@@ -126,12 +127,14 @@ class MappingRunner:
         self.destination = destination
         self.clock = clock or Clock()
         self.policy = policy or RetryPolicy.of(mapping, ordered=source.ordered)
+        self._releasing = source if isinstance(source, Releasing) else None
         self.drain_timeout = drain_timeout
         self.status = MappingState()
         self.stats = self.status.stats
         self._lanes: dict[str, Lane] = {}
         self._lane_tasks: dict[str, asyncio.Task[None]] = {}
-        self._revoking: set[str] = set()  # lanes being given up: their late-polled records are dropped
+        self._revoking: set[str] = set()  # partitions being given up: late-polled records are dropped
+        self._progress = asyncio.Event()  # a lane took a batch: buffer space freed
         self._trackers: dict[str, CommitTracker] = {}
         self._stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -186,7 +189,13 @@ class MappingRunner:
 
     async def _poll_until_stopped(self) -> None:
         delay = RECONNECT_FIRST
+        pausable = isinstance(self.source, Pausable)
         while not self._stopping.is_set():
+            if not pausable and self._buffered() >= self._high_water:
+                # A source that cannot pause single lanes is not polled while the lanes are full.
+                self._progress.clear()
+                await _first_of(self._progress, self._stopping)
+                continue
             try:
                 records = await self.source.poll()
             except SourceError as exc:
@@ -228,13 +237,16 @@ class MappingRunner:
 
     # --- lanes -----------------------------------------------------------------------------------
 
+    def _buffered(self) -> int:
+        return sum(len(lane.batcher) for lane in self._lanes.values())
+
     def _dispatch(self, records: Sequence[Record]) -> None:
         self.stats.polled += len(records)
         full: list[Lane] = []
         for record in records:
-            if record.lane in self._revoking:
+            if record.partition in self._revoking:
                 continue
-            lane = self._lanes.get(record.lane) or self._open_lane(record.lane)
+            lane = self._lanes.get(record.lane) or self._open_lane(record.lane, record.partition)
             if self.source.ordered:
                 self._trackers.setdefault(record.partition, CommitTracker()).track(record)
             lane.put(record)
@@ -244,9 +256,10 @@ class MappingRunner:
         if full and isinstance(self.source, Pausable):
             self.source.pause([lane.name for lane in full])
 
-    def _open_lane(self, name: str) -> Lane:
+    def _open_lane(self, name: str, partition: str) -> Lane:
         lane = Lane(
             name,
+            partition,
             Batcher(
                 batch_size=self.mapping.effective_batch_size,
                 window=self.mapping.effective_batching_window,
@@ -261,6 +274,7 @@ class MappingRunner:
     async def _run_lane(self, lane: Lane) -> None:
         try:
             while (records := await lane.next_batch()) is not None:
+                self._progress.set()
                 if lane.paused and len(lane.batcher) <= self._low_water and isinstance(self.source, Pausable):
                     lane.paused = False
                     self.source.resume([lane.name])
@@ -268,36 +282,40 @@ class MappingRunner:
         finally:
             lane.finished.set()
 
-    async def lanes_revoked(self, lanes: Collection[str]) -> None:
-        """LaneListener: let revoked lanes finish their in-flight batch and commit, then drop them."""
-        self._revoking.update(lanes)
-        closing = [self._lanes.pop(name) for name in lanes if name in self._lanes]
+    async def partitions_revoked(self, partitions: Collection[str]) -> None:
+        """LaneListener: let the lanes of revoked partitions finish their in-flight batch and commit,
+        then drop them; nothing of these partitions commits afterwards."""
+        gone = set(partitions)
+        self._revoking |= gone
+        closing = [lane for lane in self._lanes.values() if lane.partition in gone]
         for lane in closing:
+            del self._lanes[lane.name]
             lane.stop()
         if closing:
             waiting = [asyncio.ensure_future(lane.finished.wait()) for lane in closing]
             _, pending = await asyncio.wait(waiting, timeout=self.function.config.timeout + 5.0)
             for future in pending:
                 future.cancel()
-        self._revoking.difference_update(lanes)
+        self._revoking -= gone
         for lane in closing:
             lane.revoked = True
             lane.batcher.clear()
             task = self._lane_tasks.pop(lane.name, None)
             if task is not None and not task.done():
                 task.cancel()
-        for name in lanes:
-            self._trackers.pop(name, None)  # a lane of an ordered source is its partition
+        for partition in gone:
+            self._trackers.pop(partition, None)
         if closing:
             log.info(
-                "mapping %s: gave up %s", self.name, ",".join(sorted(lanes)), extra={"mapping": self.name}
+                "mapping %s: gave up %s", self.name, ",".join(sorted(gone)), extra={"mapping": self.name}
             )
 
     # --- one batch -------------------------------------------------------------------------------
 
     async def _process(self, batch: Batch, lane: Lane) -> None:
-        """Run a batch to its end: every record succeeded or dead-lettered, and committed; or the
-        lane stopped, and what did not finish is left uncommitted (it will be read again)."""
+        """Run a batch to its end: every record succeeded, dead-lettered or handed back to the
+        broker, and committed; or the lane stopped, and what did not finish is left uncommitted
+        (it will be read again)."""
         queue: list[Batch] = [batch]
         while queue:
             current = queue.pop(0)
@@ -314,43 +332,55 @@ class MappingRunner:
                 continue
             current = screened.batch
             outcome = await self._invoke(current)
-            decision = plan(current, outcome, self.policy)
             if isinstance(outcome, Succeeded):
                 self.stats.succeeded += len(current.records)
             else:
                 self.stats.failed += len(current.records)
-            if isinstance(decision, Done):
-                await self._complete(current.records, lane)
-                continue
-            if lane.stopping.is_set():
-                # Draining or revoked: commit what succeeded, leave the rest to be read again.
-                if isinstance(decision, Retry | GiveUp) and decision.done:
-                    await self._complete(decision.done, lane)
-                return
-            if isinstance(decision, Split):
-                self.stats.bisections += 1
-                self._log_batch(logging.WARNING, current, "failed (%s); bisecting", _error_of(outcome))
-                queue[0:0] = [decision.left, decision.right]
-            elif isinstance(decision, Retry):
-                if decision.done:
-                    await self._complete(decision.done, lane)
-                self.stats.retries += 1
-                self._log_batch(
-                    logging.WARNING,
-                    decision.batch,
-                    "failed (%s); retry %d in %.1f s",
-                    _error_of(outcome),
-                    decision.batch.retries,
-                    decision.delay,
-                )
-                if not await self._sleep(decision.delay, lane):
+            next_batches: list[Batch] = []
+            for action in plan(current, outcome, self.policy, release=self._releasing is not None):
+                if isinstance(action, Commit):
+                    await self._complete(action.records, lane)
+                elif isinstance(action, Release):
+                    await self._release(action, current, outcome)
+                elif lane.stopping.is_set():
+                    # Draining or revoked: no more attempts; what is left is read again later.
                     return
-                queue.insert(0, decision.batch)
-            else:
-                if decision.done:
-                    await self._complete(decision.done, lane)
-                if not await self._give_up(decision.batch, decision.condition, decision.error, lane):
+                elif isinstance(action, Split):
+                    self.stats.bisections += 1
+                    self._log_batch(logging.WARNING, current, "failed (%s); bisecting", _error_of(outcome))
+                    next_batches += [action.left, action.right]
+                elif isinstance(action, Retry):
+                    self.stats.retries += 1
+                    self._log_batch(
+                        logging.WARNING,
+                        action.batch,
+                        "failed (%s); retry %d in %.1f s",
+                        _error_of(outcome),
+                        action.batch.retries,
+                        action.delay,
+                    )
+                    if not await self._sleep(action.delay, lane):
+                        return
+                    next_batches.append(action.batch)
+                elif not await self._give_up(action.batch, action.condition, action.error, lane):
                     return
+            queue[0:0] = next_batches
+
+    async def _release(self, action: Release, batch: Batch, outcome: Any) -> None:
+        assert self._releasing is not None
+        self.stats.retries += 1
+        self._log_batch(
+            logging.WARNING,
+            batch.derive(action.records),
+            "failed (%s); handed back to the broker for a retry in %.1f s",
+            _error_of(outcome),
+            action.delay,
+        )
+        try:
+            await self._releasing.release(action.records, action.delay)
+        except SourceError as exc:
+            # They come back on their own when the broker's lease on them ends.
+            log.warning("mapping %s: %s", self.name, exc, extra={"mapping": self.name})
 
     async def _invoke(self, batch: Batch) -> Any:
         batch.invocations += 1

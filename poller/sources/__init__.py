@@ -29,9 +29,10 @@ class EventFormat(Protocol):
 
 
 class LaneListener(Protocol):
-    async def lanes_revoked(self, lanes: Collection[str]) -> None:
-        """The source is giving these lanes up (a Kafka rebalance). Returns once their in-flight
-        batches have finished and what completed is committed; nothing of them commits after."""
+    async def partitions_revoked(self, partitions: Collection[str]) -> None:
+        """The source is giving these partitions up (a Kafka rebalance, a lost Kinesis lease).
+        Returns once their in-flight batches have finished and what completed is committed;
+        nothing of them commits after."""
 
 
 class Source(Protocol):
@@ -65,6 +66,17 @@ class Pausable(Protocol):
     def pause(self, lanes: Collection[str]) -> None: ...
 
     def resume(self, lanes: Collection[str]) -> None: ...
+
+
+@runtime_checkable
+class Releasing(Protocol):
+    """A queue that can take records back and deliver them again later (SQS visibility, a RabbitMQ
+    delay queue). Retries then wait in the broker, not in the poller, and the broker's count of
+    attempts (``Record.receive_count`` on redelivery) survives a restart."""
+
+    async def release(self, records: Sequence[Record], delay: float) -> None:
+        """Deliver these records again after ``delay`` seconds with their attempt count raised.
+        Raises SourceError; the records then come back by the broker's own timeout."""
 
 
 _SOURCES = {"kafka": "poller.sources.kafka:KafkaSource"}

@@ -257,7 +257,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # Finish and commit the revoked partitions' in-flight batches before giving them up
         # (the contract in aiokafka's ConsumerRebalanceListener docstring).
         if revoked:
-            await self.listener.lanes_revoked([lane_name(tp.topic, tp.partition) for tp in revoked])
+            await self.listener.partitions_revoked([lane_name(tp.topic, tp.partition) for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         log.info(

@@ -13,8 +13,9 @@ from poller.records import Batch, Record
 from poller.retry import (
     RECORD_AGE_EXCEEDED,
     RETRY_ATTEMPTS_EXHAUSTED,
-    Done,
+    Commit,
     GiveUp,
+    Release,
     Retry,
     RetryPolicy,
     Split,
@@ -90,36 +91,38 @@ def test_zero_window_is_ready_at_once() -> None:
 # --- retry planning ------------------------------------------------------------------------------
 
 
-def test_success_is_done() -> None:
-    assert isinstance(plan(Batch([rec(0)]), Succeeded(), policy()), Done)
+def test_success_commits_everything() -> None:
+    batch = Batch([rec(0), rec(1)])
+    assert plan(batch, Succeeded(), policy()) == [Commit(batch.records)]
 
 
 def test_without_bisect_every_failure_counts() -> None:
     batch = Batch([rec(0), rec(1)])
-    decisions = []
+    kinds = []
     for _ in range(3):
-        decision = plan(batch, FAILED, policy(retries=2))
-        decisions.append(decision)
-        if isinstance(decision, Retry):
-            batch = decision.batch
-    assert [type(d) for d in decisions] == [Retry, Retry, GiveUp]
-    assert decisions[-1].condition == RETRY_ATTEMPTS_EXHAUSTED  # type: ignore[union-attr]
-    assert len(decisions[-1].batch.records) == 2  # type: ignore[union-attr]
+        [action] = plan(batch, FAILED, policy(retries=2))
+        kinds.append(type(action))
+        if isinstance(action, Retry):
+            batch = action.batch
+    assert kinds == [Retry, Retry, GiveUp]
+    assert isinstance(action, GiveUp)
+    assert action.condition == RETRY_ATTEMPTS_EXHAUSTED
+    assert len(action.batch.records) == 2
 
 
 def test_zero_retries_gives_up_after_first_failure() -> None:
-    decision = plan(Batch([rec(0)]), FAILED, policy(retries=0))
-    assert isinstance(decision, GiveUp)
+    [action] = plan(Batch([rec(0)]), FAILED, policy(retries=0))
+    assert isinstance(action, GiveUp)
 
 
 def test_bisect_splits_in_order_and_halves_inherit_retries() -> None:
     batch = Batch([rec(i) for i in range(5)], retries=1)
-    decision = plan(batch, FAILED, policy(retries=2, bisect=True))
-    assert isinstance(decision, Split)
-    assert [r.position for r in decision.left.records] == [0, 1]
-    assert [r.position for r in decision.right.records] == [2, 3, 4]
-    assert decision.left.retries == decision.right.retries == 1
-    assert decision.left.depth == 1
+    [action] = plan(batch, FAILED, policy(retries=2, bisect=True))
+    assert isinstance(action, Split)
+    assert [r.position for r in action.left.records] == [0, 1]
+    assert [r.position for r in action.right.records] == [2, 3, 4]
+    assert action.left.retries == action.right.retries == 1
+    assert action.left.depth == 1
 
 
 def test_bisect_isolates_poison_in_logarithmic_invocations() -> None:
@@ -134,17 +137,17 @@ def test_bisect_isolates_poison_in_logarithmic_invocations() -> None:
         invocations += 1
         batch.invocations += 1
         failed = any(r.position == poison for r in batch.records)
-        decision = plan(batch, FAILED if failed else Succeeded(), p)
-        if isinstance(decision, Done):
-            committed += [r.position for r in batch.records]
-        elif isinstance(decision, Split):
-            queue[0:0] = [decision.left, decision.right]
-        elif isinstance(decision, Retry):
-            queue.insert(0, decision.batch)
+        [action] = plan(batch, FAILED if failed else Succeeded(), p)
+        if isinstance(action, Commit):
+            committed += [r.position for r in action.records]
+        elif isinstance(action, Split):
+            queue[0:0] = [action.left, action.right]
+        elif isinstance(action, Retry):
+            queue.insert(0, action.batch)
         else:
-            assert isinstance(decision, GiveUp)
-            dead += [r.position for r in decision.batch.records]
-            dead_batch = decision.batch
+            assert isinstance(action, GiveUp)
+            dead += [r.position for r in action.batch.records]
+            dead_batch = action.batch
     assert dead == [poison]
     assert committed == [i for i in range(100) if i != poison]
     # ~2*log2(100) invocations to isolate and commit around it, plus 2 retries of the poison.
@@ -157,20 +160,50 @@ def test_bisect_isolates_poison_in_logarithmic_invocations() -> None:
 def test_partial_failure_on_stream_retries_from_lowest_failed() -> None:
     batch = Batch([rec(i) for i in range(6)])
     outcome = PartiallyFailed(frozenset({("t-0", 4), ("t-0", 2)}), InvocationError("x", "y"))
-    decision = plan(batch, outcome, policy(bisect=True))
-    assert isinstance(decision, Retry)
-    assert [r.position for r in decision.done] == [0, 1]
-    assert [r.position for r in decision.batch.records] == [2, 3, 4, 5]
-    assert decision.batch.retries == 1
+    commit, retry = plan(batch, outcome, policy(bisect=True))
+    assert isinstance(commit, Commit)
+    assert isinstance(retry, Retry)
+    assert [r.position for r in commit.records] == [0, 1]
+    assert [r.position for r in retry.batch.records] == [2, 3, 4, 5]
+    assert retry.batch.retries == 1
 
 
 def test_partial_failure_on_queue_retries_only_failed() -> None:
     batch = Batch([rec(i) for i in range(4)])
     outcome = PartiallyFailed(frozenset({("t-0", 1), ("t-0", 3)}), InvocationError("x", "y"))
-    decision = plan(batch, outcome, policy(ordered=False))
-    assert isinstance(decision, Retry)
-    assert [r.position for r in decision.done] == [0, 2]
-    assert [r.position for r in decision.batch.records] == [1, 3]
+    commit, retry = plan(batch, outcome, policy(ordered=False))
+    assert isinstance(commit, Commit)
+    assert isinstance(retry, Retry)
+    assert [r.position for r in commit.records] == [0, 2]
+    assert [r.position for r in retry.batch.records] == [1, 3]
+
+
+def test_released_retries_are_counted_per_record_by_the_broker() -> None:
+    fresh, worn = rec(0), rec(1)
+    worn.receive_count = 2
+    batch = Batch([fresh, worn])
+    give_up, release = plan(batch, FAILED, policy(retries=2, ordered=False), release=True)
+    assert isinstance(give_up, GiveUp)
+    assert give_up.batch.records == [worn]
+    assert isinstance(release, Release)
+    assert release.records == [fresh]
+    assert 0.5 <= release.delay <= 1.0
+
+
+def test_release_with_bisect_splits_in_process_first() -> None:
+    batch = Batch([rec(0), rec(1)])
+    [action] = plan(batch, FAILED, policy(ordered=False, bisect=True), release=True)
+    assert isinstance(action, Split)
+
+
+def test_partial_failure_with_release_commits_successes_and_releases_failures() -> None:
+    batch = Batch([rec(i) for i in range(3)])
+    outcome = PartiallyFailed(frozenset({("t-0", 1)}), InvocationError("x", "y"))
+    commit, release = plan(batch, outcome, policy(ordered=False), release=True)
+    assert isinstance(commit, Commit)
+    assert isinstance(release, Release)
+    assert [r.position for r in commit.records] == [0, 2]
+    assert [r.position for r in release.records] == [1]
 
 
 def test_backoff_doubles_to_sixty_seconds_with_jitter() -> None:
