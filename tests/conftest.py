@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from poller.standins import KAFKA_PORT, LOOPBACK, StandInError, port_open, start_kafka
+from poller.standins import (
+    KAFKA_PORT,
+    KINESALITE_PORT,
+    LOOPBACK,
+    MOTO_PORT,
+    StandInError,
+    port_open,
+    start_kafka,
+    start_kinesalite,
+    start_moto,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The same directory as `python -m poller.standins`, so a CI trap's `stop` also finds a broker
@@ -54,3 +64,44 @@ def kafka_bootstrap() -> Iterator[str]:
     finally:
         if stand_in is not None:
             stand_in.stop()
+
+
+def _stand_in(variable: str, start: object, port: int, what: str) -> Iterator[str]:
+    """``$variable`` if set (it must answer), else a stand-in on loopback started for the session."""
+    configured = os.environ.get(variable, "").strip()
+    if configured:
+        yield configured
+        return
+    try:
+        stand_in = start(port, STATE_DIR)  # type: ignore[operator]
+    except StandInError as exc:
+        pytest.fail(f"no {what} for the tests: {exc}")
+    try:
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        if stand_in is not None:
+            stand_in.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """SQS, SNS, S3 and DynamoDB: ``$AWS_ENDPOINT_URL``, else the moto server on 127.0.0.1:4566."""
+    yield from _stand_in("AWS_ENDPOINT_URL", start_moto, MOTO_PORT, "moto server (SQS/SNS/S3/DynamoDB)")
+
+
+@pytest.fixture(scope="session")
+def kinesis_endpoint() -> Iterator[str]:
+    """Kinesis: ``$AWS_ENDPOINT_URL_KINESIS``, else kinesalite on 127.0.0.1:4567."""
+    yield from _stand_in("AWS_ENDPOINT_URL_KINESIS", start_kinesalite, KINESALITE_PORT, "Kinesis stand-in")
+
+
+@pytest.fixture(autouse=True)
+def _aws_test_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stand-ins accept any credentials; real ones must never be used by a test.
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
