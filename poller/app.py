@@ -18,6 +18,7 @@ from poller.destinations import Destination, build_destination
 from poller.function import FunctionRuntime
 from poller.runner import MappingRunner
 from poller.sources import build_source
+from poller.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,15 @@ class App:
     """Everything one config file describes, wired together. Building it imports every handler."""
 
     def __init__(
-        self, config: Config, *, clock: Clock | None = None, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        telemetry: Telemetry | None = None,
     ):
         self.config = config
+        self.telemetry = telemetry or Telemetry()
         self.functions = {
             name: FunctionRuntime(name, function) for name, function in config.functions.items()
         }
@@ -48,10 +55,11 @@ class App:
                 self.destinations.get(mapping.on_failure_destination or ""),
                 clock=clock,
                 drain_timeout=drain_timeout,
+                telemetry=self.telemetry,
             )
             for name, mapping in enabled.items()
         }
-        self.admin = AdminServer(config.admin.host, config.admin.port, self.runners)
+        self.admin = AdminServer(config.admin.host, config.admin.port, self.runners, self.telemetry.registry)
         self.stopping = asyncio.Event()
 
     def stop(self) -> None:

@@ -127,10 +127,12 @@ def _run(path: str, drain_timeout: float) -> int:
 def run_service(config: Any, drain_timeout: float) -> int:
     """Run the service on a loaded config until a signal; the exit code of ``poller run``."""
     from poller.app import App, serve
+    from poller.telemetry import configure_tracing, shutdown_tracing
 
     async def main() -> None:
         await serve(App(config, drain_timeout=drain_timeout))
 
+    configure_tracing()
     try:
         asyncio.run(main())
     except (PollerError, ExceptionGroup) as exc:
@@ -140,6 +142,8 @@ def run_service(config: Any, drain_timeout: float) -> int:
             else:
                 log.error("unexpected error: %r", error, exc_info=error)
         return EXIT_FAILURE
+    finally:
+        shutdown_tracing()
     return EXIT_OK
 
 

@@ -73,3 +73,31 @@ async def create_example_resources(config: Config) -> None:
                     pass
         finally:
             await admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m poller.dev create -c FILE``: create the resources a config names, then exit
+    (the init step of docker-compose.yml, against real brokers)."""
+    import argparse
+
+    from poller.config_loader import load_config
+    from poller.errors import ConfigError
+    from poller.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m poller.dev")
+    parser.add_argument("command", choices=["create"])
+    parser.add_argument("-c", "--config", default="config/dev.yaml")
+    args = parser.parse_args(argv)
+    configure_logging("text")
+    try:
+        config = load_config(args.config, check_handlers=False)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return 2
+    asyncio.run(create_example_resources(config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

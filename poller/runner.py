@@ -24,7 +24,7 @@ from poller.destinations import Destination
 from poller.errors import DestinationError, SourceError
 from poller.failure import failure_record
 from poller.function import FunctionRuntime
-from poller.outcome import InvocationError, Succeeded, outcome_of
+from poller.outcome import InvocationError, Outcome, Succeeded, outcome_of
 from poller.records import Batch, Record
 from poller.retry import (
     RECORD_AGE_EXCEEDED,
@@ -38,6 +38,7 @@ from poller.retry import (
     screen,
 )
 from poller.sources import Pausable, Releasing, Source
+from poller.telemetry import MappingInfo, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class MappingRunner:
         *,
         clock: Clock | None = None,
         policy: RetryPolicy | None = None,
+        telemetry: Telemetry | None = None,
         drain_timeout: float = 30.0,
     ) -> None:
         self.name = name
@@ -129,6 +131,8 @@ class MappingRunner:
         self.policy = policy or RetryPolicy.of(mapping, ordered=source.ordered)
         self._releasing = source if isinstance(source, Releasing) else None
         self.drain_timeout = drain_timeout
+        self.telemetry = telemetry or Telemetry()
+        self.info = MappingInfo.of(name, mapping)
         self.status = MappingState()
         self.stats = self.status.stats
         self._lanes: dict[str, Lane] = {}
@@ -312,59 +316,61 @@ class MappingRunner:
 
     # --- one batch -------------------------------------------------------------------------------
 
-    async def _process(self, batch: Batch, lane: Lane) -> None:
+    async def _process(self, batch: Batch, lane: Lane, *, parent: bool = False) -> bool:
         """Run a batch to its end: every record succeeded, dead-lettered or handed back to the
-        broker, and committed; or the lane stopped, and what did not finish is left uncommitted
-        (it will be read again)."""
-        queue: list[Batch] = [batch]
-        while queue:
-            current = queue.pop(0)
-            screened = screen(current, self.clock.now(), self.policy)
-            for records, condition in (
-                (screened.expired, RECORD_AGE_EXCEEDED),
-                (screened.too_large, RECORD_TOO_LARGE),
-            ):
-                if records:
-                    error = InvocationError(condition, _GIVE_UP_REASONS[condition])
-                    if not await self._give_up(current.derive(records), condition, error, lane):
-                        return
-            if screened.batch is None:
-                continue
-            current = screened.batch
-            outcome = await self._invoke(current)
-            if isinstance(outcome, Succeeded):
-                self.stats.succeeded += len(current.records)
-            else:
-                self.stats.failed += len(current.records)
-            next_batches: list[Batch] = []
-            for action in plan(current, outcome, self.policy, release=self._releasing is not None):
-                if isinstance(action, Commit):
-                    await self._complete(action.records, lane)
-                elif isinstance(action, Release):
-                    await self._release(action, current, outcome)
-                elif lane.stopping.is_set():
-                    # Draining or revoked: no more attempts; what is left is read again later.
-                    return
-                elif isinstance(action, Split):
-                    self.stats.bisections += 1
-                    self._log_batch(logging.WARNING, current, "failed (%s); bisecting", _error_of(outcome))
-                    next_batches += [action.left, action.right]
-                elif isinstance(action, Retry):
-                    self.stats.retries += 1
-                    self._log_batch(
-                        logging.WARNING,
-                        action.batch,
-                        "failed (%s); retry %d in %.1f s",
-                        _error_of(outcome),
-                        action.batch.retries,
-                        action.delay,
-                    )
-                    if not await self._sleep(action.delay, lane):
-                        return
-                    next_batches.append(action.batch)
-                elif not await self._give_up(action.batch, action.condition, action.error, lane):
-                    return
-            queue[0:0] = next_batches
+        broker, and committed. False if the lane stopped first: what did not finish is left
+        uncommitted, to be read again. A bisected half runs as a nested call, so its span is a
+        child of the span of the batch it was split from."""
+        positions = (batch.records[0].position, batch.records[-1].position)
+        with self.telemetry.batch(self.info, batch, positions, parent):
+            current: Batch | None = batch
+            while current is not None:
+                screened = screen(current, self.clock.now(), self.policy)
+                for records, condition in (
+                    (screened.expired, RECORD_AGE_EXCEEDED),
+                    (screened.too_large, RECORD_TOO_LARGE),
+                ):
+                    if records:
+                        error = InvocationError(condition, _GIVE_UP_REASONS[condition])
+                        if not await self._give_up(current.derive(records), condition, error, lane):
+                            return False
+                if screened.batch is None:
+                    return True
+                current = screened.batch
+                outcome = await self._invoke(current)
+                retry: Batch | None = None
+                for action in plan(current, outcome, self.policy, release=self._releasing is not None):
+                    if isinstance(action, Commit):
+                        await self._complete(action.records, lane)
+                    elif isinstance(action, Release):
+                        await self._release(action, current, outcome)
+                    elif lane.stopping.is_set():
+                        return False  # draining or revoked: no more attempts
+                    elif isinstance(action, Split):
+                        self.stats.bisections += 1
+                        self._log_batch(
+                            logging.WARNING, current, "failed (%s); bisecting", _error_of(outcome)
+                        )
+                        return await self._process(action.left, lane, parent=True) and await self._process(
+                            action.right, lane, parent=True
+                        )
+                    elif isinstance(action, Retry):
+                        self.stats.retries += 1
+                        self._log_batch(
+                            logging.WARNING,
+                            action.batch,
+                            "failed (%s); retry %d in %.1f s",
+                            _error_of(outcome),
+                            action.batch.retries,
+                            action.delay,
+                        )
+                        if not await self._sleep(action.delay, lane):
+                            return False
+                        retry = action.batch
+                    elif not await self._give_up(action.batch, action.condition, action.error, lane):
+                        return False
+                current = retry
+        return True
 
     async def _release(self, action: Release, batch: Batch, outcome: Any) -> None:
         assert self._releasing is not None
@@ -382,25 +388,40 @@ class MappingRunner:
             # They come back on their own when the broker's lease on them ends.
             log.warning("mapping %s: %s", self.name, exc, extra={"mapping": self.name})
 
-    async def _invoke(self, batch: Batch) -> Any:
+    async def _invoke(self, batch: Batch) -> Outcome:
         batch.invocations += 1
         self.stats.invocations += 1
         self.stats.invoked += len(batch.records)
         self.stats.in_flight += 1
         try:
-            result = await self.function.invoke(self.source.format.event(batch.records))
+            with self.telemetry.attempt(self.info, batch) as attempt:
+                result = await self.function.invoke(self.source.format.event(batch.records))
+                attempt.outcome = outcome_of(
+                    result,
+                    report_batch_item_failures=self.mapping.report_batch_item_failures,
+                    batch_keys=[record.item_key for record in batch.records],
+                    item_key=self.source.format.item_key,
+                )
         finally:
             self.stats.in_flight -= 1
-        return outcome_of(
-            result,
-            report_batch_item_failures=self.mapping.report_batch_item_failures,
-            batch_keys=[record.item_key for record in batch.records],
-            item_key=self.source.format.item_key,
-        )
+        if isinstance(attempt.outcome, Succeeded):
+            self.stats.succeeded += len(batch.records)
+        else:
+            self.stats.failed += len(batch.records)
+        return attempt.outcome
 
     async def _give_up(self, batch: Batch, condition: str, error: InvocationError, lane: Lane) -> bool:
         """Hand the batch to the on-failure destination (retrying until it confirms), then commit.
         False if the lane stopped before the destination confirmed."""
+        records = batch.records
+        destination = self.mapping.on_failure_destination or "none"
+        with self.telemetry.delivery(self.info, destination, batch, condition):
+            delivered = await self._deliver(batch, condition, error, lane)
+        if delivered:
+            await self._complete(records, lane)
+        return delivered
+
+    async def _deliver(self, batch: Batch, condition: str, error: InvocationError, lane: Lane) -> bool:
         records = batch.records
         failure = failure_record(
             mapping=self.name,
@@ -447,7 +468,6 @@ class MappingRunner:
                 condition,
                 error.message,
             )
-        await self._complete(records, lane)
         return True
 
     async def _complete(self, records: Sequence[Record], lane: Lane) -> None:

@@ -21,6 +21,7 @@ from poller.config import KafkaDestination as KafkaDestinationConfig
 from poller.errors import DestinationError
 from poller.records import Record
 from poller.sources.kafka import client_options
+from poller.telemetry import trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +94,21 @@ class KafkaDestination:
 
 def _headers(failure: dict[str, Any], original: dict[str, Any] | None) -> list[tuple[str, bytes]]:
     headers: list[tuple[str, bytes]] = []
+    context = trace_headers()
     if original is not None:
         for header in original.get("headers", []):
             for name, signed in header.items():
-                headers.append((name, bytes(b & 0xFF for b in signed)))
+                # The message continues the failed batch's trace; the producer's own context
+                # stays readable in the failure record's copy of the record.
+                if name not in context:
+                    headers.append((name, bytes(b & 0xFF for b in signed)))
         headers += [
             ("x-poller-topic", str(original["topic"]).encode()),
             ("x-poller-partition", str(original["partition"]).encode()),
             ("x-poller-offset", str(original["offset"]).encode()),
         ]
     error = failure["errorInfo"]
+    headers += [(name, value.encode()) for name, value in context.items()]
     headers += [
         ("x-poller-mapping", str(failure["mapping"]).encode()),
         ("x-poller-condition", str(failure["requestContext"]["condition"]).encode()),

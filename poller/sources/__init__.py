@@ -79,6 +79,15 @@ class Releasing(Protocol):
         Raises SourceError; the records then come back by the broker's own timeout."""
 
 
+@runtime_checkable
+class Lagging(Protocol):
+    """A source that knows how far behind it is, per partition, without I/O at call time."""
+
+    def lag(self) -> dict[str, int]:
+        """Kafka: records between the committed offset and the end of each partition. Queues:
+        messages waiting (one entry per queue)."""
+
+
 _SOURCES = {"kafka": "poller.sources.kafka:KafkaSource"}
 
 

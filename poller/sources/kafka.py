@@ -147,6 +147,7 @@ class KafkaSource:
         self.group_id = self.config.consumer_group_id or name
         self.format = KafkaEventFormat(connection.bootstrap_servers)
         self._consumer: AIOKafkaConsumer | None = None
+        self._committed: dict[TopicPartition, int] = {}
         # Bounded fetches: the engine pauses partitions whose lanes are full, so memory stays bounded.
         self._max_records = max(2 * mapping.effective_batch_size, 500)
 
@@ -202,6 +203,7 @@ class KafkaSource:
             offsets[tp] = max(offsets.get(tp, 0), record.position + 1)
         try:
             await self._require_consumer().commit(offsets)
+            self._committed.update(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group moved on: these partitions belong to another member now, which re-reads
             # from the last commit. At least once, so this loses nothing.
@@ -218,6 +220,19 @@ class KafkaSource:
         consumer = self._require_consumer()
         assigned = consumer.assignment()
         consumer.resume(*[tp for tp in map(_topic_partition, lanes) if tp in assigned])
+
+    def lag(self) -> dict[str, int]:
+        """Records between this member's last commit and each assigned partition's high watermark
+        as of the last fetch (AWS's OffsetLag). Partitions not yet fetched and committed are left out."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lags: dict[str, int] = {}
+        for tp in consumer.assignment():
+            highwater, committed = consumer.highwater(tp), self._committed.get(tp)
+            if highwater is not None and committed is not None:
+                lags[lane_name(tp.topic, tp.partition)] = max(0, highwater - committed)
+        return lags
 
     async def close(self) -> None:
         if self._consumer is not None:

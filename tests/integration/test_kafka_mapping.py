@@ -96,8 +96,8 @@ def make_config(
 
 
 @asynccontextmanager
-async def running(config: Config, clock: Clock | None = None) -> AsyncIterator[App]:
-    app = App(config, clock=clock, drain_timeout=10)
+async def running(config: Config, clock: Clock | None = None, **options: Any) -> AsyncIterator[App]:
+    app = App(config, clock=clock, drain_timeout=10, **options)
     task = asyncio.create_task(app.run())
     try:
         await wait_for(lambda: app.admin.port or task.done(), message="admin endpoints up")
