@@ -7,8 +7,10 @@ base64 key and value, headers as lists of Java signed bytes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import time
 from collections.abc import Collection, Hashable, Sequence
 from typing import Any, ClassVar
 
@@ -22,6 +24,11 @@ from poller.records import Record
 from poller.sources import LaneListener
 
 log = logging.getLogger(__name__)
+
+POLL_TIMEOUT = 2.0
+CLOSE_TIMEOUT = 10.0  # leaving the group; a broker that is gone would make it wait forever
+HEALTH_PROBE_INTERVAL = 10.0  # seconds without records before asking the broker for metadata
+HEALTH_PROBE_TIMEOUT = 5.0
 
 # What one record adds to the event's JSON besides its key, value and headers.
 _RECORD_OVERHEAD = 160
@@ -148,6 +155,7 @@ class KafkaSource:
         self.format = KafkaEventFormat(connection.bootstrap_servers)
         self._consumer: AIOKafkaConsumer | None = None
         self._committed: dict[TopicPartition, int] = {}
+        self._last_contact = time.monotonic()
         # Bounded fetches: the engine pauses partitions whose lanes are full, so memory stays bounded.
         self._max_records = max(2 * mapping.effective_batch_size, 500)
 
@@ -189,12 +197,33 @@ class KafkaSource:
     async def poll(self) -> list[Record]:
         consumer = self._require_consumer()
         try:
-            batches = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
+            # getmany waits for a rebalance to finish, which never happens while the broker is
+            # gone: bound it so that the health probe below still runs and stop() is heard.
+            batches = await asyncio.wait_for(
+                consumer.getmany(timeout_ms=500, max_records=self._max_records), POLL_TIMEOUT
+            )
+        except TimeoutError:
+            batches = {}
         except KafkaError as exc:
             raise SourceError(
                 f"Kafka fetch failed: {exc}", retriable=getattr(exc, "retriable", True)
             ) from exc
+        if batches:
+            self._last_contact = time.monotonic()
+        elif time.monotonic() - self._last_contact > HEALTH_PROBE_INTERVAL:
+            await self._probe_broker(consumer)
         return [to_record(message) for messages in batches.values() for message in messages]
+
+    async def _probe_broker(self, consumer: AIOKafkaConsumer) -> None:
+        # aiokafka reconnects by itself and an idle fetch looks the same whether the broker is up
+        # or gone; a metadata request tells them apart, so /readyz can say so.
+        try:
+            await asyncio.wait_for(consumer.topics(), HEALTH_PROBE_TIMEOUT)
+        except (KafkaError, TimeoutError) as exc:
+            raise SourceError(
+                f"Kafka broker unreachable at {self.connection.bootstrap_servers}: {exc!r}"
+            ) from exc
+        self._last_contact = time.monotonic()
 
     async def commit(self, records: Sequence[Record]) -> None:
         offsets: dict[TopicPartition, int] = {}
@@ -285,6 +314,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:
     try:
-        await consumer.stop()
+        await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT)
     except Exception as exc:
         log.debug("error while stopping a Kafka consumer: %s", exc)

@@ -461,3 +461,41 @@ async def test_unknown_topic_stops_the_service_at_start(kafka_bootstrap: str) ->
     with pytest.raises(ExceptionGroup) as raised:
         await asyncio.wait_for(app.run(), 30)
     assert raised.group_contains(SourceError, match="unknown Kafka topic")
+
+
+async def test_broker_gone_turns_readyz_false_and_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiohttp
+
+    from poller.sources import kafka as kafka_source
+
+    monkeypatch.setattr(kafka_source, "HEALTH_PROBE_INTERVAL", 0.5)
+    monkeypatch.setattr(kafka_source, "HEALTH_PROBE_TIMEOUT", 1.0)
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    broker = start_kafka(port, tmp_path)
+    assert broker is not None
+    topic = unique_name("flaky-broker")
+    try:
+        await create_topic(bootstrap, topic, 1)
+        config = make_config(bootstrap, topic, "recorder:collect")
+        async with running(config) as app, aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{app.admin.port}/readyz"
+
+            async def status() -> int:
+                async with session.get(url) as response:
+                    return response.status
+
+            await wait_for(lambda: _is(status(), 200), timeout=30, message="ready")
+            broker.stop()
+            await wait_for(lambda: _is(status(), 503), timeout=30, message="not ready once the broker is gone")
+            assert "unreachable" in (app.runners["m"].status.last_error or "")
+            broker = start_kafka(port, tmp_path)
+            assert broker is not None
+            await wait_for(lambda: _is(status(), 200), timeout=60, message="ready again after the broker is back")
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+async def _is(value: Any, expected: object) -> bool:
+    return bool(await value == expected)
