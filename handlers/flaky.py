@@ -17,7 +17,7 @@ def handler(event, context):
         base64.b64decode(record.get("value") or "")
         for records in event.get("records", {}).values()
         for record in records
-    ]
+    ] + [record["body"].encode() for record in event.get("Records", []) if "body" in record]  # SQS
     key = hashlib.sha256(b"\0".join(values)).hexdigest()
     with _lock:
         _seen[key] = _seen.get(key, 0) + 1

@@ -17,12 +17,17 @@ from aiobotocore.session import get_session
 from poller.config import AwsConnection
 
 # Our own backoff handles outages; botocore's standard mode still retries throttling briefly.
-_CLIENT_CONFIG = AioConfig(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=65)
+_CLIENT_CONFIG = AioConfig(
+    retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=65
+)
 
 
 def region_of(connection: AwsConnection) -> str:
     return (
-        connection.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        connection.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1"
     )
 
 

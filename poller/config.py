@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -49,6 +50,18 @@ class KafkaConnection(_Model):
 class RabbitMQConnection(_Model):
     type: Literal["rabbitmq"]
     url: str = Field(description="AMQP URL with credentials and virtual host.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (parsing it is the check)
+        except ValueError as exc:
+            raise ValueError(f"not an AMQP URL: {exc}") from exc
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ValueError("must look like amqp://user:password@host:5672/vhost (or amqps://)")
+        return url
 
 
 class AwsConnection(_Model):
@@ -96,12 +109,22 @@ class SqsDestination(_Model):
     type: Literal["sqs"]
     connection: str
     queue: str = Field(description="Queue name, URL or ARN.")
+    overflow_bucket: str | None = Field(
+        None,
+        description="S3 bucket (same connection) for failure records larger than the queue accepts; the "
+        "message then says where the record is. Without it, such a message leaves the records out.",
+    )
 
 
 class SnsDestination(_Model):
     type: Literal["sns"]
     connection: str
     topic_arn: str
+    overflow_bucket: str | None = Field(
+        None,
+        description="S3 bucket (same connection) for failure records larger than SNS's 256 KB; the "
+        "message then says where the record is. Without it, such a message leaves the records out.",
+    )
 
 
 class S3Destination(_Model):
@@ -153,12 +176,26 @@ class SqsSource(_Model):
     type: Literal["sqs"]
     connection: str
     queue: str = Field(description="Queue name, URL or ARN.")
+    wait_time_seconds: int = Field(
+        20,
+        ge=1,
+        le=20,
+        description="Long-poll wait of each ReceiveMessage (Lambda's is 20). On shutdown a poll still "
+        "waiting is given 2 s to return; a shorter wait lets more of them end in time.",
+    )
 
 
 class KinesisSource(_Model):
     type: Literal["kinesis"]
     connection: str
     stream: str = Field(description="Stream name or ARN.")
+    poll_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Pause between GetRecords calls on a shard that returned nothing new (Lambda and "
+        "the KCL poll an idle shard once a second); a shard with a backlog is read without pausing.",
+    )
 
 
 class RabbitMQSource(_Model):
@@ -196,15 +233,32 @@ class ScalingConfig(_Model):
     maximum_concurrency: int = Field(10, ge=1, le=1000)
 
 
+# Where shard checkpoints go when a Kinesis mapping sets no `checkpoints` (relative to the working directory).
+DEFAULT_SQLITE_CHECKPOINTS_PATH = ".poller/checkpoints.db"
+
+
 class SqliteCheckpoints(_Model):
     type: Literal["sqlite"]
-    path: str = Field(description="SQLite file holding one checkpoint per shard.")
+    path: str = Field(
+        DEFAULT_SQLITE_CHECKPOINTS_PATH,
+        description="SQLite file holding one checkpoint per shard; one poller process uses it at a time.",
+    )
 
 
 class DynamoDBCheckpoints(_Model):
     type: Literal["dynamodb"]
     connection: str
     table: str = Field(description="Lease table shared by every replica; created if missing.")
+    lease_duration_seconds: float = Field(
+        10.0,
+        ge=1,
+        le=600,
+        description="A lease not renewed for this long is taken over (the KCL's failover time). Owners "
+        "renew every quarter of it and stop reading a shard whose lease they could not renew for half of it.",
+    )
+    max_leases_to_steal_at_one_time: int = Field(
+        1, ge=1, le=100, description="Leases a replica below its fair share asks for per round."
+    )
 
 
 Checkpoints = Annotated[SqliteCheckpoints | DynamoDBCheckpoints, Field(discriminator="type")]
@@ -233,7 +287,11 @@ class Mapping(_Model):
     destination_config: DestinationConfig | None = None
     scaling_config: ScalingConfig | None = None
     parallelization_factor: int = Field(1, ge=1, le=10, description="Kinesis: concurrent batches per shard.")
-    checkpoints: Checkpoints | None = Field(None, description="Kinesis: where shard checkpoints are kept.")
+    checkpoints: Checkpoints | None = Field(
+        None,
+        description="Kinesis: where shard checkpoints are kept; default "
+        f"{{type: sqlite, path: {DEFAULT_SQLITE_CHECKPOINTS_PATH}}}.",
+    )
 
     @field_validator("maximum_record_age_in_seconds")
     @classmethod

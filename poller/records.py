@@ -28,6 +28,9 @@ class Record:
     size: int
     timestamp: float  # seconds since the epoch at which the broker received it
     receive_count: int = 0  # earlier attempts the broker counted (queues: survives restarts); 0 for streams
+    # Records of one group (an SQS FIFO MessageGroupId) are processed in order even by a queue
+    # source: once one is handed back to the broker, the later ones of its batch go back with it.
+    group: str | None = None
 
 
 @dataclass(slots=True, eq=False)

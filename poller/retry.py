@@ -10,6 +10,7 @@ See https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-errors.html
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from poller.config import MAX_PAYLOAD_BYTES, Mapping
@@ -138,6 +139,19 @@ def _count_failure(batch: Batch, error: InvocationError, policy: RetryPolicy, re
         return [GiveUp(batch, RETRY_ATTEMPTS_EXHAUSTED, error)]
     retries = batch.retries + 1
     return [Retry(batch.derive(batch.records, retries=retries), policy.backoff(retries))]
+
+
+def hold_back(batch: Batch, groups: Collection[str]) -> tuple[Batch | None, list[Record]]:
+    """Take out of ``batch`` the records of ``groups``: groups of which a record was handed back to
+    the broker earlier in the same batch (the left half of a bisection). They must not be processed
+    before it, so they go back too. Returns what is left to invoke, if anything, and what was taken."""
+    if not groups:
+        return batch, []
+    held = [record for record in batch.records if record.group in groups]
+    if not held:
+        return batch, []
+    kept = [record for record in batch.records if record.group not in groups]
+    return (batch.derive(kept) if kept else None), held
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from poller.retry import (
     Retry,
     RetryPolicy,
     Split,
+    hold_back,
     plan,
     screen,
 )
@@ -82,6 +83,9 @@ class Lane:
         self.batcher = batcher
         self.paused = False
         self.revoked = False  # once set, nothing of this lane commits any more
+        # Groups (Record.group) of which a record was handed back during the current batch, with the
+        # delay: their later records in the batch go back after them instead of being invoked.
+        self.released_groups: dict[str, float] = {}
         self.stopping = asyncio.Event()
         self.finished = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -282,6 +286,7 @@ class MappingRunner:
                 if lane.paused and len(lane.batcher) <= self._low_water and isinstance(self.source, Pausable):
                     lane.paused = False
                     self.source.resume([lane.name])
+                lane.released_groups.clear()
                 await self._process(Batch(records, trace_id=secrets.token_hex(16)), lane)
         finally:
             lane.finished.set()
@@ -325,6 +330,9 @@ class MappingRunner:
         with self.telemetry.batch(self.info, batch, positions, parent):
             current: Batch | None = batch
             while current is not None:
+                current = await self._hold_back(current, lane)
+                if current is None:
+                    return True
                 screened = screen(current, self.clock.now(), self.policy)
                 for records, condition in (
                     (screened.expired, RECORD_AGE_EXCEEDED),
@@ -344,6 +352,9 @@ class MappingRunner:
                         await self._complete(action.records, lane)
                     elif isinstance(action, Release):
                         await self._release(action, current, outcome)
+                        for record in action.records:
+                            if record.group is not None:
+                                lane.released_groups[record.group] = action.delay
                     elif lane.stopping.is_set():
                         return False  # draining or revoked: no more attempts
                     elif isinstance(action, Split):
@@ -388,6 +399,22 @@ class MappingRunner:
             # They come back on their own when the broker's lease on them ends.
             log.warning("mapping %s: %s", self.name, exc, extra={"mapping": self.name})
 
+    async def _hold_back(self, batch: Batch, lane: Lane) -> Batch | None:
+        """Hand back, uninvoked, the records whose group had a record handed back earlier in this
+        batch, so that a group's order holds (SQS FIFO); return what is left to invoke."""
+        kept, held = hold_back(batch, lane.released_groups.keys())
+        if held:
+            assert self._releasing is not None
+            delay = max(lane.released_groups[record.group] for record in held if record.group is not None)
+            self._log_batch(
+                logging.INFO, batch.derive(held), "handed back after an earlier record of the same group"
+            )
+            try:
+                await self._releasing.release(held, delay)
+            except SourceError as exc:
+                log.warning("mapping %s: %s", self.name, exc, extra={"mapping": self.name})
+        return kept
+
     async def _invoke(self, batch: Batch) -> Outcome:
         batch.invocations += 1
         self.stats.invocations += 1
@@ -428,7 +455,8 @@ class MappingRunner:
             function_arn=self.function.arn,
             condition=condition,
             error=error,
-            invocations=batch.invocations,
+            # Queues count earlier deliveries themselves: attempts made before a restart count too.
+            invocations=batch.invocations + max(record.receive_count for record in records),
             source=self.source.format.describe(records),
             records=records,
             trace_id=batch.trace_id,

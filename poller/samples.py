@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
+from poller.sources import sqs_event as sqs
 from poller.sources.kafka import KafkaEventFormat, to_record
 
 
@@ -28,4 +31,134 @@ def sample_event(source_type: str) -> dict[str, Any]:
             for offset in (15, 16)
         ]
         return KafkaEventFormat("localhost:9092").event([to_record(message) for message in messages])
+    if source_type == "sqs":
+        return _sqs_sample()
+    if source_type == "kinesis":
+        return _kinesis_sample()
+    if source_type == "rabbitmq":
+        return _rabbitmq_sample()
     raise ValueError(f"no sample event for source type {source_type!r}")
+
+
+def _sqs_sample() -> dict[str, Any]:
+    queue = sqs.QueueInfo(
+        url="https://sqs.us-east-1.amazonaws.com/000000000000/orders",
+        arn="arn:aws:sqs:us-east-1:000000000000:orders",
+        name="orders",
+        region="us-east-1",
+        fifo=False,
+        visibility_timeout=30,
+        maximum_message_size=262144,
+    )
+    tenant = {"tenant": {"DataType": "String", "StringValue": "acme"}}
+    messages: list[dict[str, Any]] = []
+    for number, attributes in ((42, tenant), (43, {})):
+        body = f'{{"orderId": {number}, "amount": 42.5}}'
+        message: dict[str, Any] = {
+            "MessageId": f"6c2f1e7a-2b0c-4c55-9d6e-1a2b3c4d5e{number:02d}",
+            "ReceiptHandle": f"AQEBexampleReceiptHandle{number}==",
+            "Body": body,
+            "MD5OfBody": hashlib.md5(body.encode()).hexdigest(),
+            "Attributes": {
+                "ApproximateReceiveCount": "1",
+                "SentTimestamp": str(1718000000000 + number),
+                "SenderId": "AIDAEXAMPLESENDER",
+                "ApproximateFirstReceiveTimestamp": str(1718000000012 + number),
+                "AWSTraceHeader": "Root=1-6667a1b0-0123456789abcdef01234567;Parent=89abcdef01234567;Sampled=1",
+            },
+        }
+        if attributes:
+            message["MessageAttributes"] = attributes
+            message["MD5OfMessageAttributes"] = _md5_of_message_attributes(attributes)
+        messages.append(message)
+    format = sqs.SqsEventFormat(queue)
+    return format.event([sqs.to_record(message, queue, "orders#0") for message in messages])
+
+
+def _md5_of_message_attributes(attributes: dict[str, dict[str, Any]]) -> str:
+    """SQS's digest of message attributes: per attribute in name order, the length-prefixed name,
+    data type and value, with a transport byte (1 string, 2 binary) before the value."""
+    digest = hashlib.md5()
+
+    def field(data: bytes) -> None:
+        digest.update(struct.pack(">I", len(data)) + data)
+
+    for name in sorted(attributes):
+        value = attributes[name]
+        field(name.encode())
+        field(value["DataType"].encode())
+        if "BinaryValue" in value:
+            digest.update(b"\x02")
+            field(value["BinaryValue"])
+        else:
+            digest.update(b"\x01")
+            field(value["StringValue"].encode())
+    return digest.hexdigest()
+
+
+def _kinesis_sample() -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    from poller.sources.kinesis_event import KinesisEventFormat
+    from poller.sources.kinesis_event import to_record as kinesis_record
+
+    shard = "shardId-000000000003"
+    raw = [
+        {
+            "SequenceNumber": f"4959033827149025660855969253836157109592157598913658{8898 + number}",
+            "ApproximateArrivalTimestamp": datetime.fromtimestamp(1718000000.123 + number, UTC),
+            "Data": b'{"page": "/checkout", "userId": %d}' % (17 + number),
+            "PartitionKey": f"user-{17 + number}",
+        }
+        for number in (0, 1)
+    ]
+    records = [
+        kinesis_record(
+            item,
+            shard_id=shard,
+            stream_arn="arn:aws:kinesis:us-east-1:000000000000:stream/clicks",
+            region="us-east-1",
+            role_arn="arn:aws:iam::000000000000:role/clicks",
+        )
+        for item in raw
+    ]
+    return KinesisEventFormat().event(records)
+
+
+def _rabbitmq_sample() -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    from poller.sources.rabbitmq_event import (
+        MessageProperties,
+        RabbitMQEventFormat,
+        broker_arn,
+        message_record,
+    )
+
+    url = "amqp://guest:guest@localhost:5672/"
+    records = []
+    for number in (42, 43):
+        properties = MessageProperties(
+            content_type="application/json",
+            headers={"source": "web", "attempt": 1},  # strings show as Java bytes, as on AWS
+            delivery_mode=2,
+            priority=0,
+            correlation_id=f"c-{number}",
+            message_id=f"m-{number}",
+            timestamp=datetime.fromtimestamp(1718000000 + number, UTC),
+            app_id="checkout",
+        )
+        records.append(
+            message_record(
+                queue="payments",
+                vhost="/",
+                lane="slot-0",
+                delivery_tag=number - 41,
+                properties=properties,
+                body=b'{"paymentId": %d, "amount": 42.5}' % number,
+                redelivered=False,
+                attempts=0,
+                first_seen=1718000000.0 + number,
+            )
+        )
+    return RabbitMQEventFormat(broker_arn(url, "us-east-1"), "/").event(records)

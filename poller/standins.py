@@ -41,6 +41,8 @@ KAFKA_PORT = 9092
 MOTO_PORT = 4566
 KINESALITE_PORT = 4567
 KINESALITE_VERSION = "3.3.3"
+RABBITMQ_PORT = 5672
+RABBITMQ_NODE = "rabbit@localhost"
 
 # SIGTERM first so that a broker can close its listener cleanly; SIGKILL only if it ignores that.
 STOP_GRACE_SECONDS = 5.0
@@ -192,6 +194,116 @@ def start_kinesalite(
     launcher = home / "run.js"
     launcher.write_text(_KINESALITE_LAUNCHER)
     return _launch("kinesalite", [node, str(launcher), str(port)], port, state_dir, timeout=timeout)
+
+
+@dataclass
+class RabbitMQStandIn(StandIn):
+    """A RabbitMQ node this module started: :meth:`stop` stops the node with ``rabbitmqctl``
+    (the process started is Debian's wrapper script, which runs the node as the rabbitmq user)."""
+
+    node: str = RABBITMQ_NODE
+    ctl: str = "rabbitmqctl"
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run(
+                    [self.ctl, "-n", self.node, "stop"],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(grace)  # the wrapper exits with the node
+        super().stop(grace)
+
+
+def start_rabbitmq(
+    port: int = RABBITMQ_PORT,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    *,
+    node: str = RABBITMQ_NODE,
+    timeout: float = 90.0,
+) -> StandIn | None:
+    """Start Debian's ``rabbitmq-server`` (guest/guest) on loopback, as ``reference/brokers.md``
+    describes, unless ``127.0.0.1:port`` is open already (then None: that broker is used).
+
+    The node, epmd and the distribution port are bound to 127.0.0.1 through RabbitMQ's environment
+    variables, so no file under /etc is touched. Raises :class:`StandInError` saying how to get a
+    broker when ``rabbitmq-server`` is not installed, when this process is not root (the Debian
+    wrapper switches to the rabbitmq user), or when the node does not start within ``timeout``.
+    """
+    if port_open(LOOPBACK, port):
+        return None
+    server = _find_program("rabbitmq-server")
+    ctl = _find_program("rabbitmqctl")
+    if server is None or ctl is None:
+        raise StandInError(
+            f"nothing listens on {LOOPBACK}:{port} and RabbitMQ is not installed: install Debian's "
+            "rabbitmq-server (sudo apt-get install rabbitmq-server) and run this again, or start any "
+            "RabbitMQ 3.10+ there (guest/guest), or point AMQP_URL at one"
+        )
+    if os.geteuid() != 0:
+        raise StandInError(
+            f"nothing listens on {LOOPBACK}:{port}; rabbitmq-server is installed but starting it needs "
+            "root (it switches to the rabbitmq user): run `sudo rabbitmq-server -detached` (or start "
+            "its service), then run this again"
+        )
+    env = {
+        **os.environ,
+        "RABBITMQ_NODENAME": node,
+        "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
+        "RABBITMQ_NODE_PORT": str(port),
+        "ERL_EPMD_ADDRESS": LOOPBACK,
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+    }
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "rabbitmq.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [server],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    stand_in = RabbitMQStandIn("rabbitmq", port, process, log_path, node=node, ctl=ctl)
+    deadline = time.monotonic() + timeout
+    while not (port_open(LOOPBACK, port) and _rabbitmq_started(ctl, node)):
+        if process.poll() is not None or time.monotonic() >= deadline:
+            stand_in.stop()
+            if port_open(LOOPBACK, port):
+                return None  # lost a race with another starter: use theirs
+            raise StandInError(
+                f"rabbitmq-server did not start on {LOOPBACK}:{port} within {timeout:g} s; "
+                f"last lines of {log_path}:\n{_tail(log_path)}"
+            )
+        time.sleep(0.25)
+    return stand_in
+
+
+def _rabbitmq_started(ctl: str, node: str) -> bool:
+    try:
+        result = subprocess.run(
+            [ctl, "-n", node, "await_startup", "--timeout", "5"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def _find_program(name: str) -> str | None:
+    # Debian installs the RabbitMQ scripts in /usr/sbin, which is not on every user's PATH.
+    found = shutil.which(name)
+    if found is None and os.access(f"/usr/sbin/{name}", os.X_OK):
+        found = f"/usr/sbin/{name}"
+    return found
 
 
 STARTERS: dict[str, Callable[[Path], StandIn | None]] = {

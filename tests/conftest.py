@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -17,6 +18,7 @@ from poller.standins import (
     KINESALITE_PORT,
     LOOPBACK,
     MOTO_PORT,
+    RABBITMQ_PORT,
     StandInError,
     port_open,
     start_kafka,
@@ -93,6 +95,25 @@ def moto_endpoint() -> Iterator[str]:
 def kinesis_endpoint() -> Iterator[str]:
     """Kinesis: ``$AWS_ENDPOINT_URL_KINESIS``, else kinesalite on 127.0.0.1:4567."""
     yield from _stand_in("AWS_ENDPOINT_URL_KINESIS", start_kinesalite, KINESALITE_PORT, "Kinesis stand-in")
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """RabbitMQ: ``$AMQP_URL``, else the broker on 127.0.0.1:5672 (guest/guest).
+
+    Nothing is started here: starting RabbitMQ needs root, so ``.ci/run`` installs and starts
+    Debian's rabbitmq-server before the tests (``poller dev`` starts it for development).
+    """
+    url = os.environ.get("AMQP_URL", "").strip() or f"amqp://guest:guest@{LOOPBACK}:{RABBITMQ_PORT}/"
+    parsed = urlsplit(url)
+    host = parsed.hostname or LOOPBACK
+    port = parsed.port or (5671 if parsed.scheme == "amqps" else RABBITMQ_PORT)
+    if not port_open(host, port):
+        pytest.fail(
+            f"no RabbitMQ for the tests: nothing listens on {host}:{port}. Install and start Debian's "
+            "rabbitmq-server (sudo apt-get install rabbitmq-server; .ci/run does both), or set AMQP_URL"
+        )
+    return url
 
 
 @pytest.fixture(autouse=True)

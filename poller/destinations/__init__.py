@@ -23,6 +23,10 @@ class Destination(Protocol):
 _DESTINATIONS = {
     "kafka": "poller.destinations.kafka:KafkaDestination",
     "file": "poller.destinations.file:FileDestination",
+    "sqs": "poller.destinations.sqs:SqsDestination",
+    "sns": "poller.destinations.sns:SnsDestination",
+    "s3": "poller.destinations.s3:S3Destination",
+    "rabbitmq": "poller.destinations.rabbitmq:RabbitMQDestination",
 }
 
 

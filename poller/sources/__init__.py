@@ -88,11 +88,21 @@ class Lagging(Protocol):
         messages waiting (one entry per queue)."""
 
 
-_SOURCES = {"kafka": "poller.sources.kafka:KafkaSource"}
+_SOURCES = {
+    "kafka": "poller.sources.kafka:KafkaSource",
+    "sqs": "poller.sources.sqs:SqsSource",
+    "kinesis": "poller.sources.kinesis:KinesisSource",
+    "rabbitmq": "poller.sources.rabbitmq:RabbitMQSource",
+}
 
 
 def build_source(name: str, mapping: Mapping, config: Config) -> Source:
     module_name, _, class_name = _SOURCES[mapping.source.type].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    source: Source = cls(name, mapping, config.connections[mapping.source.connection])
+    from_config = getattr(cls, "from_config", None)
+    if from_config is not None:
+        # A source that needs more than its own connection (Kinesis: its lease store's).
+        source: Source = from_config(name, mapping, config)
+    else:
+        source = cls(name, mapping, config.connections[mapping.source.connection])
     return source

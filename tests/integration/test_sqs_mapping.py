@@ -1,0 +1,538 @@
+"""The SQS event source mapping and the SQS, SNS and S3 destinations against the moto server.
+
+moto's SQS differs from SQS in two ways these tests work around (``reference/brokers.md``): each call
+costs time in proportion to the queue's depth, so messages are sent in waves that keep it shallow;
+and concurrent ReceiveMessage calls may hand out the same message twice, so tests that count
+deliveries exactly run a single receiver (``max_receivers = 1``) and only the throughput test runs
+several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqs_handlers
+from aiobotocore.session import get_session
+from support import unique_name, wait_for
+
+from poller.app import App
+from poller.config import Config
+from poller.errors import SourceError
+from poller.sources.sqs import SqsSource
+
+pytestmark = pytest.mark.sqs
+
+REGION = "us-east-1"
+
+
+@asynccontextmanager
+async def aws(endpoint: str, service: str) -> AsyncIterator[Any]:
+    async with get_session().create_client(service, region_name=REGION, endpoint_url=endpoint) as client:
+        yield client
+
+
+@pytest.fixture
+async def sqs(moto_endpoint: str) -> AsyncIterator[Any]:
+    async with aws(moto_endpoint, "sqs") as client:
+        yield client
+
+
+async def create_queue(sqs: Any, prefix: str, **attributes: str) -> tuple[str, str]:
+    """A fresh queue; returns (url, name). A ``.fifo`` prefix makes a FIFO queue."""
+    fifo = prefix.endswith(".fifo")
+    name = unique_name(prefix.removesuffix(".fifo"))[:75] + (".fifo" if fifo else "")
+    if fifo:
+        attributes = {"FifoQueue": "true", "ContentBasedDeduplication": "true", **attributes}
+    url = (await sqs.create_queue(QueueName=name, Attributes=attributes))["QueueUrl"]
+    return url, name
+
+
+async def send(
+    sqs: Any, url: str, bodies: list[str], attributes: dict[str, Any] | None = None, group: Any = None
+) -> list[str]:
+    """Send in batches of ten, in order; returns the message ids. ``group(body)`` names the FIFO group."""
+    ids: list[str] = []
+    for start in range(0, len(bodies), 10):
+        entries = []
+        for index, body in enumerate(bodies[start : start + 10]):
+            entry: dict[str, Any] = {"Id": str(index), "MessageBody": body}
+            if attributes:
+                entry["MessageAttributes"] = attributes
+            if group is not None:
+                entry["MessageGroupId"] = group(body)
+            entries.append(entry)
+        response = await sqs.send_message_batch(QueueUrl=url, Entries=entries)
+        assert not response.get("Failed"), response
+        by_id = {ok["Id"]: ok["MessageId"] for ok in response["Successful"]}
+        ids += [by_id[str(index)] for index in range(len(entries))]
+    return ids
+
+
+async def queue_is_empty(sqs: Any, url: str) -> bool:
+    attributes = (
+        await sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
+    )["Attributes"]
+    return (
+        attributes["ApproximateNumberOfMessages"]
+        == "0"
+        == attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+async def receive_all(sqs: Any, url: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
+    """Receive (and delete) ``count`` messages from ``url`` within ``timeout`` seconds."""
+    received: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(received) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{len(received)} of {count} messages arrived in {timeout:g} s")
+        response = await sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames=["All"]
+        )
+        for message in response.get("Messages", []):
+            received.append(message)
+            await sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return received
+
+
+def make_config(
+    endpoint: str,
+    queue: str,
+    handler: str,
+    *,
+    destination: dict[str, Any] | None = None,
+    function: dict[str, Any] | None = None,
+    wait_time_seconds: int = 1,
+    **mapping: Any,
+) -> Config:
+    """One mapping ``m`` of ``queue`` to ``handler``. Long polls of one second let a stopping app's
+    last poll end within the grace that close() gives it (see SqsSource.close)."""
+    destinations = {}
+    if destination is not None:
+        destinations["dlq"] = (
+            destination if destination["type"] == "file" else {"connection": "aws", **destination}
+        )
+        mapping["destination_config"] = {"on_failure": {"destination": "dlq"}}
+    return Config.model_validate(
+        {
+            "connections": {"aws": {"type": "aws", "region": REGION, "endpoint_url": endpoint}},
+            "functions": {"fn": {"handler": handler, **(function or {})}},
+            "destinations": destinations,
+            "mappings": {
+                "m": {
+                    "function_name": "fn",
+                    "source": {
+                        "type": "sqs",
+                        "connection": "aws",
+                        "queue": queue,
+                        "wait_time_seconds": wait_time_seconds,
+                    },
+                    **mapping,
+                }
+            },
+            "admin": {"port": 0},
+        }
+    )
+
+
+@asynccontextmanager
+async def running(config: Config, *, receivers: int | None = 1) -> AsyncIterator[App]:
+    """Run the app; ``receivers`` caps concurrent ReceiveMessage calls (None: the product default)."""
+    app = App(config, drain_timeout=10)
+    source = app.runners["m"].source
+    assert isinstance(source, SqsSource)
+    if receivers is not None:
+        source.max_receivers = receivers
+    task = asyncio.create_task(app.run())
+    try:
+        await wait_for(lambda: app.admin.port or task.done(), message="admin endpoints up")
+        yield app
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, 30)
+
+
+def source_of(app: App) -> SqsSource:
+    source = app.runners["m"].source
+    assert isinstance(source, SqsSource)
+    return source
+
+
+def bodies_succeeded(queue: str) -> list[str]:
+    return [record["body"] for record in sqs_handlers.SUCCEEDED[queue]]
+
+
+async def test_two_thousand_messages_in_waves_with_five_concurrent_batches(
+    sqs: Any, moto_endpoint: str
+) -> None:
+    url, name = await create_queue(sqs, "waves")
+    sqs_handlers.DELAY[name] = 0.05  # a little work per batch, so that batches overlap
+    config = make_config(
+        moto_endpoint, url, "sqs_handlers:collect", scaling_config={"maximum_concurrency": 5}
+    )
+    everything = [f"m{i}" for i in range(2000)]
+    started = time.monotonic()
+    most_receivers = 0
+
+    def caught_up(sent: int) -> Callable[[], bool]:
+        return lambda: sent - len(set(bodies_succeeded(name))) <= 50
+
+    async with running(config, receivers=None) as app:
+        source = source_of(app)
+        for wave in range(0, 2000, 100):
+            # At most ~150 messages wait in the queue: moto's cost per call grows with its depth.
+            await wait_for(caught_up(wave), timeout=60, message="wave handled")
+            await send(sqs, url, everything[wave : wave + 100])
+            most_receivers = max(most_receivers, source.receivers)
+        await wait_for(lambda: len(set(bodies_succeeded(name))) == 2000, timeout=60, message="all handled")
+        elapsed = time.monotonic() - started
+        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="queue empty")
+        # With the backlog gone, empty long polls retire the extra receivers.
+        await wait_for(lambda: source.receivers == 1, timeout=30, message="receivers scaled back to one")
+        stats = app.runners["m"].stats
+        assert stats.dead_lettered == 0
+        assert source.in_flight == 0
+        assert set(source.lag()) == {name}, "the backlog metric names the queue"
+    handled = bodies_succeeded(name)
+    assert set(handled) == set(everything)
+    duplicates = len(handled) - 2000
+    # moto may hand one message to two concurrent receives; anything more would be ours.
+    assert duplicates <= 40, f"{duplicates} duplicate deliveries"
+    assert 2 <= sqs_handlers.MOST_RUNNING[name] <= 5, "more than one batch at a time, at most five"
+    assert 2 <= most_receivers <= 5
+    assert max(len(call) for call in sqs_handlers.CALLS[name]) <= 10
+    print(
+        f"\n2000 messages in {elapsed:.1f} s; {duplicates} duplicates; "
+        f"{sqs_handlers.MOST_RUNNING[name]} batches at once; {most_receivers} receivers at most"
+    )
+
+
+_ATTRIBUTES = {
+    "tenant": {"DataType": "String", "StringValue": "acme"},
+    "blob": {"DataType": "Binary", "BinaryValue": b"\x00\xff\x80"},
+    "count": {"DataType": "Number", "StringValue": "7"},
+}
+
+
+async def _failure_documents(
+    kind: str, endpoint: str, target: dict[str, Any], count: int
+) -> list[dict[str, Any]]:
+    if kind == "s3":
+        async with aws(endpoint, "s3") as s3:
+
+            async def listed() -> list[dict[str, Any]]:
+                response = await s3.list_objects_v2(Bucket=target["bucket"], Prefix="failures/")
+                return list(response.get("Contents", []))
+
+            objects = await wait_for(listed, timeout=30, message="failure object written")
+            documents = []
+            for entry in objects:
+                assert re.fullmatch(
+                    r"failures/aws/lambda/m/[^/]+/\d{4}/\d{2}/\d{2}/\d{4}-\d{2}-\d{2}T\d{2}\.\d{2}\.\d{2}-[0-9a-f-]{36}",
+                    entry["Key"],
+                ), entry["Key"]
+                body = await (await s3.get_object(Bucket=target["bucket"], Key=entry["Key"]))["Body"].read()
+                documents.append(json.loads(body))
+            return documents
+    async with aws(endpoint, "sqs") as client:
+        messages = await receive_all(client, target["url"], count)
+    for message in messages:
+        assert message["MessageAttributes"]["poller-condition"]["StringValue"] == "RetryAttemptsExhausted"
+    return [json.loads(message["Body"]) for message in messages]
+
+
+async def _destination(kind: str, endpoint: str, sqs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The destination config of a kind, and where its documents can be read."""
+    if kind == "s3":
+        bucket = unique_name("failures")[:63]
+        async with aws(endpoint, "s3") as s3:
+            await s3.create_bucket(Bucket=bucket)
+        return {"type": "s3", "bucket": bucket, "prefix": "failures"}, {"bucket": bucket}
+    url, name = await create_queue(sqs, "dlq")
+    if kind == "sqs":
+        return {"type": "sqs", "queue": name}, {"url": url}
+    async with aws(endpoint, "sns") as sns:
+        topic = (await sns.create_topic(Name=unique_name("failures")))["TopicArn"]
+        arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"][
+            "QueueArn"
+        ]
+        await sns.subscribe(
+            TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"}
+        )
+    return {"type": "sns", "topic_arn": topic}, {"url": url}
+
+
+@pytest.mark.parametrize("kind", ["sqs", "sns", "s3"])
+async def test_poison_message_is_isolated_by_bisect_and_only_it_reaches_the_destination(
+    sqs: Any, moto_endpoint: str, kind: str
+) -> None:
+    url, name = await create_queue(sqs, "poison")
+    destination, target = await _destination(kind, moto_endpoint, sqs)
+    bodies = ["poison!" if i == 37 else f"ok-{i}" for i in range(100)]
+    ids = await send(sqs, url, bodies, attributes=_ATTRIBUTES)
+    config = make_config(
+        moto_endpoint,
+        url,
+        "sqs_handlers:collect",
+        destination=destination,
+        batch_size=100,
+        maximum_batching_window_in_seconds=1,
+        bisect_batch_on_function_error=True,
+        maximum_retry_attempts=0,
+    )
+    async with running(config) as app:
+        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="queue empty")
+        documents = await _failure_documents(kind, moto_endpoint, target, 1)
+        stats = app.runners["m"].stats
+    assert sorted(bodies_succeeded(name)) == sorted(set(bodies) - {"poison!"}), "the rest handled once"
+    assert stats.dead_lettered == 1
+    # Logarithmic: about 2 log2(100) invocations (two batches if the window closed early).
+    assert stats.invocations <= 2 * 7 + 2
+    [failure] = documents
+    assert failure["version"] == "1.0"
+    assert failure["mapping"] == "m"
+    assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert failure["requestContext"]["functionArn"].endswith(":function:fn")
+    assert failure["responseContext"]["functionError"] == "Unhandled"
+    assert failure["errorInfo"]["errorType"] == "ValueError"
+    assert failure["errorInfo"]["errorMessage"] == f"poison message {ids[37]}"
+    assert failure["errorInfo"]["stackTrace"]
+    assert len(failure["traceId"]) == 32
+    assert failure["source"]["type"] == "sqs"
+    assert failure["source"]["messageIds"] == [ids[37]]
+    assert failure["source"]["queueArn"].endswith(":" + name)
+    [record] = failure["records"]
+    assert record["messageId"] == ids[37]
+    assert record["body"] == "poison!"
+    assert record["eventSource"] == "aws:sqs"
+    assert record["awsRegion"] == REGION
+    assert record["attributes"]["ApproximateReceiveCount"] == "1"
+    assert record["messageAttributes"] == {
+        "tenant": {
+            "stringValue": "acme",
+            "stringListValues": [],
+            "binaryListValues": [],
+            "dataType": "String",
+        },
+        "blob": {"binaryValue": "AP+A", "stringListValues": [], "binaryListValues": [], "dataType": "Binary"},
+        "count": {"stringValue": "7", "stringListValues": [], "binaryListValues": [], "dataType": "Number"},
+    }
+    assert len(record["md5OfMessageAttributes"]) == 32
+
+
+async def test_partial_batch_response_retries_only_the_reported_messages(
+    sqs: Any, moto_endpoint: str
+) -> None:
+    url, name = await create_queue(sqs, "partial")
+    sqs_handlers.FAIL_UNTIL_RECEIVE[name] = 3
+    bodies = [f"fail-{i}" if i in (3, 11, 17) else f"ok-{i}" for i in range(20)]
+    await send(sqs, url, bodies)
+    config = make_config(
+        moto_endpoint, url, "sqs_handlers:partial", function_response_types=["ReportBatchItemFailures"]
+    )
+    async with running(config) as app:
+        await wait_for(lambda: len(bodies_succeeded(name)) == 20, timeout=30, message="all succeeded")
+        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="queue empty")
+        assert app.runners["m"].stats.dead_lettered == 0
+    seen: dict[str, list[str]] = {}
+    for call in sqs_handlers.CALLS[name]:
+        for record in call:
+            seen.setdefault(record["body"], []).append(record["attributes"]["ApproximateReceiveCount"])
+    assert {body: counts for body, counts in seen.items() if body.startswith("fail")} == {
+        "fail-3": ["1", "2", "3"],
+        "fail-11": ["1", "2", "3"],
+        "fail-17": ["1", "2", "3"],
+    }
+    assert all(counts == ["1"] for body, counts in seen.items() if body.startswith("ok")), "successes deleted"
+    assert sorted(bodies_succeeded(name)) == sorted(bodies)
+
+
+async def test_maximum_retry_attempts_hold_across_a_restart(
+    sqs: Any, moto_endpoint: str, tmp_path: Path
+) -> None:
+    url, name = await create_queue(sqs, "restart")
+    [message_id] = await send(sqs, url, ["doomed"])
+    dead_letters = tmp_path / "failed.jsonl"
+    config = make_config(
+        moto_endpoint,
+        url,
+        "sqs_handlers:always_fail",
+        destination={"type": "file", "path": str(dead_letters)},
+        maximum_retry_attempts=2,
+    )
+    async with running(config):
+        await wait_for(lambda: len(sqs_handlers.CALLS[name]) == 2, timeout=30, message="two attempts")
+    # The second attempt's message waits in SQS for its backoff; a new process takes over from there.
+    assert len(sqs_handlers.CALLS[name]) == 2
+    assert not dead_letters.exists()
+    async with running(config):
+        await wait_for(dead_letters.exists, timeout=30, message="dead-lettered by the second process")
+        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="deleted after the destination")
+    counts = [int(call[0]["attributes"]["ApproximateReceiveCount"]) for call in sqs_handlers.CALLS[name]]
+    # One first attempt and two retries, counted by SQS. The third delivery may count one more:
+    # the first app's last long poll can receive the message while it closes, and hand it back.
+    assert counts[:2] == [1, 2]
+    assert counts[2] in (3, 4)
+    assert len(counts) == 3
+    [failure] = [json.loads(line) for line in dead_letters.read_text().splitlines()]
+    assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert failure["source"]["messageIds"] == [message_id]
+    assert failure["records"][0]["attributes"]["ApproximateReceiveCount"] == str(counts[2])
+
+
+async def test_handler_slower_than_the_visibility_timeout_gets_the_message_once(
+    sqs: Any, moto_endpoint: str
+) -> None:
+    url, name = await create_queue(sqs, "slow", VisibilityTimeout="2")
+    sqs_handlers.DELAY[name] = 6.0  # three visibility timeouts
+    await send(sqs, url, ["slow"])
+    config = make_config(moto_endpoint, url, "sqs_handlers:slow", function={"timeout": 10})
+    async with running(config) as app:
+        await wait_for(lambda: bodies_succeeded(name), timeout=30, message="handled")
+        await wait_for(lambda: queue_is_empty(sqs, url), timeout=10, message="deleted")
+        assert app.runners["m"].stats.invocations == 1
+    [[record]] = sqs_handlers.CALLS[name]
+    assert record["attributes"]["ApproximateReceiveCount"] == "1"
+
+
+async def test_fifo_groups_keep_their_order_under_failures_and_retries(sqs: Any, moto_endpoint: str) -> None:
+    url, name = await create_queue(sqs, "orders.fifo", VisibilityTimeout="5")
+    groups = ["alpha", "beta", "gamma"]
+    bodies = [f"{group}-{i}" for i in range(8) for group in groups]  # groups interleaved
+    # A group's third message fails on its first delivery, another's sixth on its first two: bisect
+    # isolates them, and the later messages of those groups must wait for their redelivery.
+    sqs_handlers.FAIL_BELOW_RECEIVE[name] = {"alpha-2": 2, "beta-5": 3}
+    await send(sqs, url, bodies, group=lambda body: body.split("-")[0])
+    config = make_config(
+        moto_endpoint,
+        url,
+        "sqs_handlers:in_order",
+        bisect_batch_on_function_error=True,
+        scaling_config={"maximum_concurrency": 3},
+    )
+    async with running(config) as app:
+        await wait_for(lambda: len(bodies_succeeded(name)) >= len(bodies), timeout=60, message="all handled")
+        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="queue empty")
+        assert app.runners["m"].stats.dead_lettered == 0
+    succeeded = sqs_handlers.SUCCEEDED[name]
+    for group in groups:
+        order = [int(r["body"].split("-")[1]) for r in succeeded if r["body"].startswith(group + "-")]
+        assert order == list(range(8)), f"group {group} processed as {order}"
+    receive_counts = {r["body"]: r["attributes"]["ApproximateReceiveCount"] for r in succeeded}
+    assert receive_counts["alpha-2"] == "2"
+    assert receive_counts["beta-5"] == "3"
+    assert all(r["attributes"]["MessageGroupId"] == r["body"].split("-")[0] for r in succeeded)
+
+
+async def test_powertools_batch_processor_works_unchanged(sqs: Any, moto_endpoint: str) -> None:
+    url, name = await create_queue(sqs, "powertools")
+    bodies = [json.dumps({"order": i, "fail": i in (2, 7)}) for i in range(10)]
+    ids = await send(sqs, url, bodies, attributes={"tenant": _ATTRIBUTES["tenant"]})
+    config = make_config(
+        moto_endpoint, url, "sqs_handlers:powertools", function_response_types=["ReportBatchItemFailures"]
+    )
+    async with running(config) as app:
+        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="queue empty")
+        stats = app.runners["m"].stats
+        assert stats.dead_lettered == 0
+    seen = [entry for call in sqs_handlers.CALLS["powertools:" + name] for entry in call]
+    attempts = Counter(entry["messageId"] for entry in seen)
+    assert attempts == {message_id: 2 if i in (2, 7) else 1 for i, message_id in enumerate(ids)}
+    retried = [entry for entry in seen if entry["receiveCount"] == "2"]
+    assert sorted(entry["body"]["order"] for entry in retried) == [2, 7]
+    assert all(entry["tenant"] == "acme" and entry["region"] == REGION for entry in seen)
+
+
+async def test_failure_record_too_large_for_the_queue_overflows_to_s3(sqs: Any, moto_endpoint: str) -> None:
+    url, _ = await create_queue(sqs, "large")
+    dlq_url, dlq = await create_queue(sqs, "large-dlq", MaximumMessageSize="262144")
+    bucket = unique_name("overflow")[:63]
+    async with aws(moto_endpoint, "s3") as s3:
+        await s3.create_bucket(Bucket=bucket)
+        big = "x" * 300_000  # fits the source queue (1 MiB), not the destination (256 KiB)
+        await send(sqs, url, [big])
+        config = make_config(
+            moto_endpoint,
+            url,
+            "sqs_handlers:always_fail",
+            destination={"type": "sqs", "queue": dlq, "overflow_bucket": bucket},
+            maximum_retry_attempts=0,
+        )
+        async with running(config):
+            [message] = await receive_all(sqs, dlq_url, 1)
+        pointer = json.loads(message["Body"])
+        assert pointer["records"] == []
+        assert "262144 bytes" in pointer["recordsOmitted"]
+        location = pointer["recordsLocation"]
+        assert location["bucket"] == bucket
+        assert location["key"].startswith("aws/lambda/m/")
+        stored = json.loads(await (await s3.get_object(Bucket=bucket, Key=location["key"]))["Body"].read())
+    assert stored["records"][0]["body"] == big
+    assert stored["requestContext"] == pointer["requestContext"]
+
+
+async def test_unknown_queue_stops_the_service_at_start(moto_endpoint: str) -> None:
+    config = make_config(moto_endpoint, unique_name("missing"), "sqs_handlers:collect")
+    with pytest.raises(ExceptionGroup) as raised:
+        await asyncio.wait_for(App(config, drain_timeout=5).run(), 30)
+    assert raised.group_contains(SourceError, match="NonExistentQueue")
+
+
+async def test_fifo_queue_refuses_batches_larger_than_ten(sqs: Any, moto_endpoint: str) -> None:
+    _, name = await create_queue(sqs, "big.fifo")
+    arn = f"arn:aws:sqs:{REGION}:123456789012:{name}"  # moto's account; the queue given as an ARN
+    config = make_config(
+        moto_endpoint, arn, "sqs_handlers:collect", batch_size=20, maximum_batching_window_in_seconds=1
+    )
+    with pytest.raises(ExceptionGroup) as raised:
+        await asyncio.wait_for(App(config, drain_timeout=5).run(), 30)
+    assert raised.group_contains(SourceError, match="too large for a FIFO queue")
+
+
+async def test_dev_create_makes_the_queues_topics_and_buckets_a_config_names(
+    sqs: Any, moto_endpoint: str, tmp_path: Path
+) -> None:
+    from poller import dev
+
+    source, dlq, fifo = unique_name("src")[:60], unique_name("dlq")[:60], unique_name("f")[:60] + ".fifo"
+    topic, bucket, overflow = unique_name("topic"), unique_name("bucket")[:63], unique_name("overflow")[:63]
+    config = make_config(moto_endpoint, source, "handlers.echo:handler").model_dump(mode="json")
+    config["destinations"] = {
+        "dlq": {"type": "sqs", "connection": "aws", "queue": dlq, "overflow_bucket": overflow},
+        "fifo": {"type": "sqs", "connection": "aws", "queue": f"arn:aws:sqs:{REGION}:123456789012:{fifo}"},
+        "topic": {
+            "type": "sns",
+            "connection": "aws",
+            "topic_arn": f"arn:aws:sns:{REGION}:123456789012:{topic}",
+        },
+        "archive": {"type": "s3", "connection": "aws", "bucket": bucket},
+    }
+    path = tmp_path / "dev.yaml"
+    path.write_text(json.dumps(config))
+    # main() runs its own event loop, as the compose init container does.
+    assert await asyncio.to_thread(dev.main, ["create", "-c", str(path)]) == 0
+    assert await asyncio.to_thread(dev.main, ["create", "-c", str(path)]) == 0, "idempotent"
+    for name in (source, dlq, fifo):
+        url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
+        response = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["FifoQueue"])
+        # SQS names FifoQueue for FIFO queues only.
+        fifo_queue = response.get("Attributes", {}).get("FifoQueue", "false")
+        assert fifo_queue == ("true" if name == fifo else "false")
+    async with aws(moto_endpoint, "sns") as sns:
+        topics = [entry["TopicArn"] for entry in (await sns.list_topics())["Topics"]]
+    assert any(arn.endswith(":" + topic) for arn in topics)
+    async with aws(moto_endpoint, "s3") as s3:
+        buckets = {entry["Name"] for entry in (await s3.list_buckets())["Buckets"]}
+    assert {bucket, overflow} <= buckets
