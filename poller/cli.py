@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ from poller.errors import ConfigError, HandlerLoadError, PollerError
 log = logging.getLogger("poller")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (CPython's default: 700)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,6 +137,12 @@ def run_service(config: Any, drain_timeout: float) -> int:
         await serve(App(config, drain_timeout=drain_timeout))
 
     configure_tracing()
+    # Every record read allocates a few small containers, freed by reference counting as soon as
+    # its batch is done; the cyclic collector's passes over them and over everything the imports
+    # left behind only cost CPU (about a fifth of it at high rates). Exempt the start-up objects
+    # and run the young-generation pass less often; cycles are still collected.
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
     try:
         # asyncio.Runner rather than asyncio.run: only it takes a loop factory on Python 3.11.
         with asyncio.Runner(loop_factory=loop_factory()) as runner:

@@ -90,8 +90,8 @@ class Lane:
         self.finished = asyncio.Event()
         self._wakeup = asyncio.Event()
 
-    def put(self, record: Record) -> None:
-        self.batcher.add(record, time.monotonic())
+    def wake(self) -> None:
+        """Records were added to the batcher: let next_batch look again."""
         self._wakeup.set()
 
     async def next_batch(self) -> list[Record] | None:
@@ -147,7 +147,9 @@ class MappingRunner:
         self._stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         batch_size = mapping.effective_batch_size
-        self._high_water = max(2 * batch_size, 500)  # buffered records per lane before pausing it
+        # Buffered records per lane before pausing it. Four batches, so that a lane resumed at half
+        # of it still holds two full batches to work on while its next fetch is on the way.
+        self._high_water = max(4 * batch_size, 500)
         self._low_water = self._high_water // 2
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -249,15 +251,29 @@ class MappingRunner:
         return sum(len(lane.batcher) for lane in self._lanes.values())
 
     def _dispatch(self, records: Sequence[Record]) -> None:
+        """Hand polled records to their lanes (opening new ones), track them for ordered commits,
+        and pause the lanes that are now full. Sources return a lane's records together, so the
+        lane is looked up, woken and checked once per run of its records, not once per record."""
         self.stats.polled += len(records)
-        full: list[Lane] = []
+        now = time.monotonic()
+        trackers = self._trackers if self.source.ordered else None
+        touched: dict[str, Lane] = {}
+        lane: Lane | None = None
         for record in records:
-            if record.partition in self._revoking:
+            if self._revoking and record.partition in self._revoking:
                 continue
-            lane = self._lanes.get(record.lane) or self._open_lane(record.lane, record.partition)
-            if self.source.ordered:
-                self._trackers.setdefault(record.partition, CommitTracker()).track(record)
-            lane.put(record)
+            if lane is None or record.lane != lane.name:
+                lane = self._lanes.get(record.lane) or self._open_lane(record.lane, record.partition)
+                touched[lane.name] = lane
+            if trackers is not None:
+                tracker = trackers.get(record.partition)
+                if tracker is None:
+                    tracker = trackers[record.partition] = CommitTracker()
+                tracker.track(record)
+            lane.batcher.add(record, now)
+        full: list[Lane] = []
+        for lane in touched.values():
+            lane.wake()
             if not lane.paused and len(lane.batcher) >= self._high_water:
                 lane.paused = True
                 full.append(lane)
@@ -504,9 +520,12 @@ class MappingRunner:
             return
         if self.source.ordered:
             through: list[Record] = []
-            for partition in {record.partition for record in records}:
+            partitions = {record.partition for record in records}
+            for partition in partitions:
                 tracker = self._trackers.get(partition)
-                last = tracker.complete(r for r in records if r.partition == partition) if tracker else None
+                # A lane of a stream holds one partition: its records need no sorting out.
+                mine = records if len(partitions) == 1 else [r for r in records if r.partition == partition]
+                last = tracker.complete(mine) if tracker else None
                 if last is not None:
                     through.append(last)
             records = through

@@ -181,7 +181,10 @@ def producer_contexts(records: Sequence[Record]) -> list[SpanContext]:
     """The producers' span contexts that records carry, in any of the four AWS event shapes."""
     contexts = []
     for record in records:
-        context = _producer_context(record.payload)
+        payload = record.payload
+        if payload.get("headers") == []:
+            continue  # a Kafka record without headers, the common case: nothing to look for
+        context = _producer_context(payload)
         if context is not None:
             contexts.append(context)
     return contexts

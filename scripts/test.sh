@@ -51,7 +51,7 @@ run() {
   fi
 }
 
-run "$VENV/bin/ruff" check poller tests handlers
+run "$VENV/bin/ruff" check poller tests handlers bench
 run "$VENV/bin/mypy"
 # Last, so that a pytest failure decides the exit code: 5 (no tests collected) reaches callers.
 run "$VENV/bin/pytest" "$@"

@@ -8,9 +8,10 @@ base64 key and value, headers as lists of Java signed bytes.
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
 import logging
 import time
+from binascii import b2a_base64
 from collections.abc import Collection, Hashable, Sequence
 from typing import Any, ClassVar
 
@@ -26,6 +27,7 @@ from poller.sources import LaneListener
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT = 2.0
+PREFETCH_BACKOFF = 0.005  # seconds; see _shorten_prefetch_backoff
 CLOSE_TIMEOUT = 10.0  # leaving the group; a broker that is gone would make it wait forever
 HEALTH_PROBE_INTERVAL = 10.0  # seconds without records before asking the broker for metadata
 HEALTH_PROBE_TIMEOUT = 5.0
@@ -69,28 +71,35 @@ def signed_bytes(value: bytes | None) -> list[int]:
     return memoryview(value).cast("b").tolist() if value else []
 
 
-def to_record(message: Any) -> Record:
-    """An aiokafka ConsumerRecord as a Record whose payload is the AWS event record."""
-    value = base64.b64encode(message.value).decode() if message.value is not None else ""
-    headers = [{name: signed_bytes(data)} for name, data in message.headers]
+def to_record(message: Any, lane: str | None = None) -> Record:
+    """An aiokafka ConsumerRecord as a Record whose payload is the AWS event record.
+
+    This runs once per record read, so it avoids what is per-record overhead in CPython 3.11
+    (comprehensions and generators are function calls there): headers, which most records lack,
+    are only looked at when present, and ``lane`` (``lane_name`` of the record's partition) may be
+    passed in by a caller converting a whole partition's messages."""
+    value = message.value
+    encoded = b2a_base64(value, newline=False).decode() if value is not None else ""
+    size = _RECORD_OVERHEAD + len(encoded)
+    headers: list[dict[str, list[int]]] = []
+    if message.headers:
+        for name, data in message.headers:
+            headers.append({name: signed_bytes(data)})
+            size += 4 * (len(data or b"") + len(name))
     payload: dict[str, Any] = {
         "topic": message.topic,
         "partition": message.partition,
         "offset": message.offset,
         "timestamp": message.timestamp,
         "timestampType": "LOG_APPEND_TIME" if message.timestamp_type == 1 else "CREATE_TIME",
-        "value": value,
+        "value": encoded,
         "headers": headers,
     }
-    size = (
-        _RECORD_OVERHEAD
-        + len(value)
-        + 4 * sum(len(data or b"") + len(name) for name, data in message.headers)
-    )
     if message.key is not None:
-        payload["key"] = key = base64.b64encode(message.key).decode()
+        payload["key"] = key = b2a_base64(message.key, newline=False).decode()
         size += len(key)
-    lane = lane_name(message.topic, message.partition)
+    if lane is None:
+        lane = lane_name(message.topic, message.partition)
     return Record(
         partition=lane,
         lane=lane,
@@ -156,8 +165,9 @@ class KafkaSource:
         self._consumer: AIOKafkaConsumer | None = None
         self._committed: dict[TopicPartition, int] = {}
         self._last_contact = time.monotonic()
-        # Bounded fetches: the engine pauses partitions whose lanes are full, so memory stays bounded.
-        self._max_records = max(2 * mapping.effective_batch_size, 500)
+        self._resumed = asyncio.Event()
+        self._to_commit: dict[TopicPartition, int] = {}  # offsets of finished lanes, not yet sent
+        self._commit_lock = asyncio.Lock()
 
     async def start(self, listener: LaneListener) -> None:
         options = client_options(self.connection)
@@ -188,6 +198,7 @@ class KafkaSource:
         if missing:
             await _stop_quietly(consumer)
             raise SourceError(f"unknown Kafka topic(s): {', '.join(missing)}", retriable=False)
+        _shorten_prefetch_backoff(consumer)
         consumer.subscribe(self.config.topics, listener=_Rebalance(self, consumer, listener))
         self._consumer = consumer
         log.info(
@@ -196,12 +207,24 @@ class KafkaSource:
 
     async def poll(self) -> list[Record]:
         consumer = self._require_consumer()
+        # Ask only for the partitions whose lanes take records: getmany() without partitions
+        # would drop what aiokafka prefetched for the paused ones, to be fetched again after
+        # resume() (that refetching halved the throughput of a backlog). And take everything
+        # aiokafka fetched for them: a partly consumed fetch holds back the next fetch of every
+        # partition of its broker for up to 100 ms (aiokafka's prefetch backoff). Memory stays
+        # bounded: the engine pauses a lane once it holds its high water, so a lane holds at most
+        # that plus one fetch response (max_partition_fetch_bytes, 1 MiB by default).
+        assigned = consumer.assignment()
+        fetchable = assigned - consumer.paused()
+        if assigned and not fetchable:
+            self._resumed.clear()  # every lane is full: wait for one to make room
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resumed.wait(), 0.5)
+            return []
         try:
             # getmany waits for a rebalance to finish, which never happens while the broker is
             # gone: bound it so that the health probe below still runs and stop() is heard.
-            batches = await asyncio.wait_for(
-                consumer.getmany(timeout_ms=500, max_records=self._max_records), POLL_TIMEOUT
-            )
+            batches = await asyncio.wait_for(consumer.getmany(*fetchable, timeout_ms=500), POLL_TIMEOUT)
         except TimeoutError:
             batches = {}
         except KafkaError as exc:
@@ -212,7 +235,11 @@ class KafkaSource:
             self._last_contact = time.monotonic()
         elif time.monotonic() - self._last_contact > HEALTH_PROBE_INTERVAL:
             await self._probe_broker(consumer)
-        return [to_record(message) for messages in batches.values() for message in messages]
+        records: list[Record] = []
+        for tp, messages in batches.items():
+            lane = lane_name(tp.topic, tp.partition)
+            records.extend([to_record(message, lane) for message in messages])
+        return records
 
     async def _probe_broker(self, consumer: AIOKafkaConsumer) -> None:
         # aiokafka reconnects by itself and an idle fetch looks the same whether the broker is up
@@ -226,19 +253,48 @@ class KafkaSource:
         self._last_contact = time.monotonic()
 
     async def commit(self, records: Sequence[Record]) -> None:
+        """Commit these offsets, sharing the OffsetCommit request with lanes that finish meanwhile.
+
+        aiokafka sends one commit at a time (a lock in its group coordinator), so lanes that finish
+        together queue for round trips. Here each caller adds its offsets to ``_to_commit`` and
+        then the first to get the lock sends everything added so far; one that finds its offsets
+        carried by an earlier request returns without a request of its own. Each returns only once
+        a request holding its offsets succeeded, as before."""
         offsets: dict[TopicPartition, int] = {}
         for record in records:
             tp = _topic_partition(record.partition)
             offsets[tp] = max(offsets.get(tp, 0), record.position + 1)
-        try:
-            await self._require_consumer().commit(offsets)
-            self._committed.update(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group moved on: these partitions belong to another member now, which re-reads
-            # from the last commit. At least once, so this loses nothing.
-            log.warning("mapping %s: commit of %s refused after a rebalance: %s", self.name, offsets, exc)
-        except KafkaError as exc:
-            raise SourceError(f"Kafka commit failed: {exc}") from exc
+        self._add_to_commit(offsets)
+        async with self._commit_lock:
+            if all(self._committed.get(tp, -1) >= offset for tp, offset in offsets.items()):
+                return  # a request sent while this caller waited for the lock carried them
+            consumer = self._require_consumer()
+            assigned = consumer.assignment()
+            # Again, in case a failed request took them out of _to_commit.
+            self._add_to_commit(offsets)
+            # Never a partition this member gave up: its new owner commits it now.
+            request = {tp: offset for tp, offset in self._to_commit.items() if tp in assigned}
+            self._to_commit = {}
+            if any(tp not in assigned for tp in offsets):
+                log.warning(
+                    "mapping %s: commit of %s refused after a rebalance: not assigned", self.name, offsets
+                )
+            if not request:
+                return
+            try:
+                await consumer.commit(request)
+                self._committed.update(request)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group moved on: these partitions belong to another member now, which re-reads
+                # from the last commit. At least once, so this loses nothing.
+                log.warning("mapping %s: commit of %s refused after a rebalance: %s", self.name, request, exc)
+            except KafkaError as exc:
+                raise SourceError(f"Kafka commit failed: {exc}") from exc
+
+    def _add_to_commit(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            if offset > self._to_commit.get(tp, -1):
+                self._to_commit[tp] = offset
 
     def pause(self, lanes: Collection[str]) -> None:
         consumer = self._require_consumer()
@@ -249,6 +305,7 @@ class KafkaSource:
         consumer = self._require_consumer()
         assigned = consumer.assignment()
         consumer.resume(*[tp for tp in map(_topic_partition, lanes) if tp in assigned])
+        self._resumed.set()
 
     def lag(self) -> dict[str, int]:
         """Records between this member's last commit and each assigned partition's high watermark
@@ -310,6 +367,18 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             ",".join(sorted(lane_name(tp.topic, tp.partition) for tp in assigned)) or "nothing",
         )
         await self.source.seek_start(self.consumer, assigned)
+
+
+def _shorten_prefetch_backoff(consumer: AIOKafkaConsumer) -> None:
+    """aiokafka sends no fetch to a broker while any of its partitions holds fetched records younger
+    than the fetcher's ``prefetch_backoff`` (100 ms, not a consumer option). A paused lane's
+    partition holds such records whenever a fetch was on the way as it paused, so every pause held
+    up the other partitions' fetches; with the backoff at 5 ms a backlog is read about a third
+    faster (docs/benchmarks.md). The attribute is private: if a release renames it, nothing
+    breaks, the consumer just keeps aiokafka's default."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None and isinstance(getattr(fetcher, "_prefetch_backoff", None), float):
+        fetcher._prefetch_backoff = PREFETCH_BACKOFF
 
 
 async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:

@@ -1,0 +1,117 @@
+"""Micro-benchmarks of the hot path: ``python -m bench.micro``.
+
+Times, with plain ``timeit``, what the poller does per batch between a client's messages and the
+handler's event, for a 500-record Kafka batch and a 100-record SQS batch (1 KiB payloads):
+converting the client's messages to Records, building the AWS event, and the JSON copy the
+handler receives (``orjson.loads(orjson.dumps(event))`` in FunctionRuntime). Best of several
+repeats, in microseconds per batch and per record. Not part of the test suite, which never
+asserts on speed: run it before and after a change to the hot path and compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import time
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiokafka.structs import ConsumerRecord
+
+from poller.sources.kafka import KafkaEventFormat
+from poller.sources.kafka import to_record as kafka_record
+from poller.sources.sqs_event import QueueInfo, SqsEventFormat
+from poller.sources.sqs_event import to_record as sqs_record
+
+QUEUE = QueueInfo(
+    url="https://sqs.us-east-1.amazonaws.com/000000000000/bench",
+    arn="arn:aws:sqs:us-east-1:000000000000:bench",
+    name="bench",
+    region="us-east-1",
+    fifo=False,
+    visibility_timeout=30,
+    maximum_message_size=262144,
+)
+
+
+def kafka_messages(count: int, size: int = 1024) -> list[Any]:
+    value = os.urandom(size)
+    now = int(time.time() * 1000)
+    return [
+        ConsumerRecord("bench", 0, offset, now, 0, b"key-%d" % offset, value, None, 6, size, [])
+        for offset in range(count)
+    ]
+
+
+def sqs_messages(count: int, size: int = 1024) -> list[dict[str, Any]]:
+    body = os.urandom(size // 2).hex()
+    digest = hashlib.md5(body.encode()).hexdigest()
+    return [
+        {
+            "MessageId": f"00000000-0000-0000-0000-{number:012d}",
+            "ReceiptHandle": f"handle-{number}-" + "x" * 150,
+            "MD5OfBody": digest,
+            "Body": body,
+            "Attributes": {
+                "SenderId": "AIDAEXAMPLE",
+                "SentTimestamp": "1718000000123",
+                "ApproximateReceiveCount": "1",
+                "ApproximateFirstReceiveTimestamp": "1718000000200",
+            },
+        }
+        for number in range(count)
+    ]
+
+
+def cases() -> dict[str, tuple[int, Callable[[], object]]]:
+    """name -> (records per batch, the work of one batch)."""
+    kafka = kafka_messages(500)
+    kafka_format = KafkaEventFormat("127.0.0.1:9092")
+    kafka_records = [kafka_record(message, "bench-0") for message in kafka]
+    kafka_event = kafka_format.event(kafka_records)
+    sqs = sqs_messages(100)
+    sqs_format = SqsEventFormat()
+    sqs_records = [sqs_record(message, QUEUE, "bench#0") for message in sqs]
+    sqs_event = sqs_format.event(sqs_records)
+    return {
+        "kafka 500: messages -> records": (500, lambda: [kafka_record(m, "bench-0") for m in kafka]),
+        "kafka 500: records -> event": (500, lambda: kafka_format.event(kafka_records)),
+        "kafka 500: event -> handler's copy": (500, lambda: orjson.loads(orjson.dumps(kafka_event))),
+        "kafka 500: all of it": (
+            500,
+            lambda: orjson.loads(
+                orjson.dumps(kafka_format.event([kafka_record(m, "bench-0") for m in kafka]))
+            ),
+        ),
+        "sqs 100: messages -> records": (100, lambda: [sqs_record(m, QUEUE, "bench#0") for m in sqs]),
+        "sqs 100: records -> event": (100, lambda: sqs_format.event(sqs_records)),
+        "sqs 100: event -> handler's copy": (100, lambda: orjson.loads(orjson.dumps(sqs_event))),
+        "sqs 100: all of it": (
+            100,
+            lambda: orjson.loads(
+                orjson.dumps(sqs_format.event([sqs_record(m, QUEUE, "bench#0") for m in sqs]))
+            ),
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=7, help="timeit repeats; the best is reported")
+    parser.add_argument("--seconds", type=float, default=0.2, help="about how long each repeat runs")
+    args = parser.parse_args(argv)
+    print(f"{'case':40} {'us/batch':>10} {'us/record':>10}")
+    for name, (records, work) in cases().items():
+        timer = timeit.Timer(work)
+        number, _ = timer.autorange()
+        number = max(1, int(number * args.seconds / 0.2))
+        best = min(timer.repeat(repeat=args.repeat, number=number)) / number
+        print(f"{name:40} {best * 1e6:10.1f} {best * 1e6 / records:10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
