@@ -6,9 +6,9 @@ and the reverse. A broker that this module starts is stopped when the harness ex
 listening on a benchmark port (left by an earlier run) is used and left alone. RabbitMQ is the
 exception: the one on 5672 is shared, and every run uses queues of its own.
 
-LocalStack (for SQS: moto's SQS costs O(queue depth) per call, see shared/reference/brokers.md)
-runs in host mode from a Python 3.13 virtualenv under ``.bench/``, which :func:`ensure_localstack`
-creates on first use with the workarounds that reference describes.
+LocalStack (for SQS: moto's SQS costs O(queue depth) per call) runs in host mode from a Python 3.13
+virtualenv under ``.bench/``, which :func:`ensure_localstack` creates on first use, with the pins
+below that its host mode needs.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ LOCALSTACK_PORT = 14566
 RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 LOCALSTACK_VERSION = "2026.3.0"
-# Newer versions of these break LocalStack's imports (shared/reference/brokers.md).
+# Newer versions of these break LocalStack's imports.
 LOCALSTACK_PINS = ["cbor2<5.7", "pyopenssl==24.2.1", "cryptography>=43,<44", "service_identity<24.3"]
 
 

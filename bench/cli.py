@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shlex
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from bench import report, suites
+from bench import report, run, suites
 from bench.run import REPO
 from bench.sources import SOURCES, SourceBench, Workload, load
 
@@ -32,6 +33,7 @@ log = logging.getLogger("bench")
 SUITES = ("throughput", "latency", "backlog", "scaling")
 RESULTS = REPO / ".bench" / "results"
 WORKDIR = REPO / ".bench" / "runs"
+PROFILES = REPO / ".bench" / "profiles"
 DOCS = REPO / "docs" / "benchmarks.md"
 PLOT = REPO / "docs" / "benchmarks-scaling.png"
 
@@ -63,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--docs", action="store_true", help=f"rewrite the results in {DOCS.relative_to(REPO)} and the plot"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every consumer with py-spy into .bench/profiles/ (see bench.profile); "
+        "its numbers are then not the ones to report",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -82,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown suite or source: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    if args.profile:
+        os.environ[run.PROFILE_ENV] = str(PROFILES)
     started = time.monotonic()
     results: dict[str, Any] = {
         "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),

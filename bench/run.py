@@ -31,6 +31,11 @@ REPO = Path(__file__).resolve().parent.parent
 STEADY_FROM, STEADY_TO = 0.10, 0.90  # the steady part of a run, as fractions of its records
 POLL_SECONDS = 0.05
 STOP_GRACE_SECONDS = 30.0
+# BENCH_PROFILE=DIR: sample every contender process with py-spy into DIR/<run>.txt (raw folded
+# stacks, summarised by `python -m bench.profile`). Sampling costs the process a few per cent, so
+# the numbers of a profiled run are not the ones to report.
+PROFILE_ENV = "BENCH_PROFILE"
+PROFILE_RATE = 250  # samples per second
 
 
 @dataclass
@@ -125,6 +130,10 @@ class Consumer:
         self.argv = _argv(bench, target, contender, workdir, handler, self.latency_path)
         self.log_path = workdir / "process.log"
         self.process: asyncio.subprocess.Process | None = None
+        self.profiler: asyncio.subprocess.Process | None = None
+        self.profile_dir = Path(os.environ[PROFILE_ENV]) if os.environ.get(PROFILE_ENV) else None
+        if self.profile_dir is not None:
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
         self.started = 0.0
 
     async def __aenter__(self) -> Consumer:
@@ -144,7 +153,23 @@ class Consumer:
                 *self.argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
             )
         self.started = time.monotonic()
+        if self.profile_dir is not None:
+            await self._start_profiler(self.profile_dir)
         return self
+
+    async def _start_profiler(self, directory: Path) -> None:
+        py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+        if py_spy is None:
+            raise RuntimeError(
+                f"{PROFILE_ENV} is set but py-spy is not installed (pip install -e '.[bench]')"
+            )
+        output = directory / f"{self.workdir.name}.txt"
+        argv = [py_spy, "record", "--pid", str(self.pid), "--rate", str(PROFILE_RATE)]
+        argv += ["--format", "raw", "--nonblocking", "--output", str(output)]
+        with (directory / f"{self.workdir.name}.log").open("wb") as log_file:
+            self.profiler = await asyncio.create_subprocess_exec(
+                *argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
+            )
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
@@ -194,7 +219,15 @@ class Consumer:
                     STOP_GRACE_SECONDS,
                 )
                 process.kill()
-        return await process.wait()
+        code = await process.wait()
+        if self.profiler is not None:
+            # py-spy writes its file once the process it samples is gone.
+            try:
+                await asyncio.wait_for(self.profiler.wait(), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                self.profiler.kill()
+            self.profiler = None
+        return code
 
 
 async def measure(

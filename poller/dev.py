@@ -146,7 +146,9 @@ async def _create_rabbitmq_queues(config: Config) -> None:
         try:
             amqp = await aio_pika.connect(connection.url, timeout=10)
         except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
-            log.warning("cannot reach RabbitMQ (connection %s) to declare its queues: %r", connection_name, exc)
+            log.warning(
+                "cannot reach RabbitMQ (connection %s) to declare its queues: %r", connection_name, exc
+            )
             continue
         async with amqp:
             channel = await amqp.channel()

@@ -3,8 +3,9 @@
 A handler is called exactly as on Lambda, ``handler(event, context)``. Async handlers run on the
 event loop; sync handlers run on a thread of their own, so a slow or hung one never blocks the loop
 (a thread cannot be killed: one past its timeout is abandoned and logged, and the invocation fails).
-The event handed to the handler is a fresh JSON copy, as on Lambda, so a handler that mutates it
-cannot change what is retried or dead-lettered.
+The handler owns its event, as on Lambda, so a handler that mutates it cannot change what is
+retried or dead-lettered: the engine builds a new event for every invocation (``fresh=True``),
+and any other event is handed over as a JSON copy.
 """
 
 from __future__ import annotations
@@ -130,19 +131,26 @@ class FunctionRuntime:
             deadline=time.monotonic() + self.config.timeout,
         )
 
-    async def invoke(self, event: dict[str, Any], context: LambdaContext | None = None) -> Any:
-        """Run the handler once; return its result, or an InvocationError describing the failure."""
+    async def invoke(
+        self, event: dict[str, Any], context: LambdaContext | None = None, *, fresh: bool = False
+    ) -> Any:
+        """Run the handler once; return its result, or an InvocationError describing the failure.
+
+        ``fresh``: the event was built of JSON values for this invocation alone (an
+        ``EventFormat.event``), so the handler may have it as it is. Otherwise the handler gets a
+        JSON copy, which also refuses what JSON cannot carry, as Lambda's invoke API would."""
+        if not fresh:
+            try:
+                event = orjson.loads(orjson.dumps(event))
+            except TypeError as exc:
+                return InvocationError("Runtime.MarshalError", f"event is not JSON: {exc}")
         if self._slots is None:
             return await self._invoke(event, context or self.new_context())
         async with self._slots:
             # The timeout runs from the start of the invocation, not from the wait for a slot.
             return await self._invoke(event, context or self.new_context())
 
-    async def _invoke(self, event: dict[str, Any], context: LambdaContext) -> Any:
-        try:
-            own_event = orjson.loads(orjson.dumps(event))
-        except TypeError as exc:
-            return InvocationError("Runtime.MarshalError", f"event is not JSON: {exc}")
+    async def _invoke(self, own_event: dict[str, Any], context: LambdaContext) -> Any:
         context.deadline = time.monotonic() + self.config.timeout
         try:
             if self._is_async:

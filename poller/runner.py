@@ -13,7 +13,6 @@ import logging
 import secrets
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from poller.batching import Batcher
@@ -24,6 +23,7 @@ from poller.destinations import Destination
 from poller.errors import DestinationError, SourceError
 from poller.failure import failure_record
 from poller.function import FunctionRuntime
+from poller.lane import Lane, first_of
 from poller.outcome import InvocationError, Outcome, Succeeded, outcome_of
 from poller.records import Batch, Record
 from poller.retry import (
@@ -39,75 +39,13 @@ from poller.retry import (
     screen,
 )
 from poller.sources import Pausable, Releasing, Source
+from poller.stats import MappingState
 from poller.telemetry import MappingInfo, Telemetry
 
 log = logging.getLogger(__name__)
 
 RECONNECT_FIRST = 1.0
 RECONNECT_MAX = 30.0
-
-
-@dataclass
-class MappingStats:
-    """Record counts since start, per mapping (AWS's ESM EventCount metrics, and a few more)."""
-
-    polled: int = 0
-    invoked: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-    dropped: int = 0
-    retries: int = 0
-    bisections: int = 0
-    invocations: int = 0
-    in_flight: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class MappingState:
-    state: str = "Creating"  # Creating, Connecting, Enabled, Disabling, Disabled, Failed
-    last_error: str | None = None
-    ready: bool = False
-    stats: MappingStats = field(default_factory=MappingStats)
-
-
-class Lane:
-    """The ordered stream of one lane's records and the task that processes them."""
-
-    def __init__(self, name: str, partition: str, batcher: Batcher) -> None:
-        self.name = name
-        self.partition = partition
-        self.batcher = batcher
-        self.paused = False
-        self.revoked = False  # once set, nothing of this lane commits any more
-        # Groups (Record.group) of which a record was handed back during the current batch, with the
-        # delay: their later records in the batch go back after them instead of being invoked.
-        self.released_groups: dict[str, float] = {}
-        self.stopping = asyncio.Event()
-        self.finished = asyncio.Event()
-        self._wakeup = asyncio.Event()
-
-    def wake(self) -> None:
-        """Records were added to the batcher: let next_batch look again."""
-        self._wakeup.set()
-
-    async def next_batch(self) -> list[Record] | None:
-        """Wait until a batch is ready; None once the lane is stopping."""
-        while not self.stopping.is_set():
-            now = time.monotonic()
-            if self.batcher.ready(now):
-                return self.batcher.take()
-            deadline = self.batcher.deadline()
-            self._wakeup.clear()
-            timeout = None if deadline is None else max(0.0, deadline - now)
-            await _first_of(self._wakeup, self.stopping, within=timeout)
-        return None
-
-    def stop(self) -> None:
-        self.stopping.set()
 
 
 class MappingRunner:
@@ -192,7 +130,7 @@ class MappingRunner:
                 log.warning(
                     "mapping %s: %s; retrying in %.0f s", self.name, exc, delay, extra={"mapping": self.name}
                 )
-            if await _first_of(self._stopping, within=delay):
+            if await first_of(self._stopping, within=delay):
                 break
             delay = min(RECONNECT_MAX, delay * 2)
         return False
@@ -204,7 +142,7 @@ class MappingRunner:
             if not pausable and self._buffered() >= self._high_water:
                 # A source that cannot pause single lanes is not polled while the lanes are full.
                 self._progress.clear()
-                await _first_of(self._progress, self._stopping)
+                await first_of(self._progress, self._stopping)
                 continue
             try:
                 records = await self.source.poll()
@@ -214,7 +152,7 @@ class MappingRunner:
                 if not exc.retriable:
                     raise
                 log.warning("mapping %s: %s; polling again in %.0f s", self.name, exc, delay)
-                await _first_of(self._stopping, within=delay)
+                await first_of(self._stopping, within=delay)
                 delay = min(RECONNECT_MAX, delay * 2)
                 continue
             delay = RECONNECT_FIRST
@@ -438,7 +376,7 @@ class MappingRunner:
         self.stats.in_flight += 1
         try:
             with self.telemetry.attempt(self.info, batch) as attempt:
-                result = await self.function.invoke(self.source.format.event(batch.records))
+                result = await self.function.invoke(self.source.format.event(batch.records), fresh=True)
                 attempt.outcome = outcome_of(
                     result,
                     report_batch_item_failures=self.mapping.report_batch_item_failures,
@@ -572,14 +510,3 @@ _GIVE_UP_REASONS = {
 def _error_of(outcome: Any) -> str:
     error = getattr(outcome, "error", None)
     return f"{error.error_type}: {error.message}" if error is not None else "?"
-
-
-async def _first_of(*events: asyncio.Event, within: float | None = None) -> bool:
-    """Wait until any event is set or the timeout passes; True if an event was set."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        done, _ = await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-    return bool(done)

@@ -8,29 +8,21 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
+from poller.records import Record
+from poller.sources import EventFormat
 from poller.sources import sqs_event as sqs
 from poller.sources.kafka import KafkaEventFormat, to_record
 
 
 def sample_event(source_type: str) -> dict[str, Any]:
+    event_format, records = sample_records(source_type)
+    return event_format.event(records)
+
+
+def sample_records(source_type: str) -> tuple[EventFormat, list[Record]]:
+    """Two records of a source type, with headers or attributes, and the format of their events."""
     if source_type == "kafka":
-        messages = [
-            ConsumerRecord(
-                topic="orders",
-                partition=0,
-                offset=offset,
-                timestamp=1718000000456 + offset,
-                timestamp_type=0,
-                key=f"order-{offset}".encode(),
-                value=b'{"orderId": %d, "amount": 42.5}' % offset,
-                checksum=None,
-                serialized_key_size=-1,
-                serialized_value_size=-1,
-                headers=[("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
-            )
-            for offset in (15, 16)
-        ]
-        return KafkaEventFormat("localhost:9092").event([to_record(message) for message in messages])
+        return _kafka_sample()
     if source_type == "sqs":
         return _sqs_sample()
     if source_type == "kinesis":
@@ -40,7 +32,27 @@ def sample_event(source_type: str) -> dict[str, Any]:
     raise ValueError(f"no sample event for source type {source_type!r}")
 
 
-def _sqs_sample() -> dict[str, Any]:
+def _kafka_sample() -> tuple[EventFormat, list[Record]]:
+    messages = [
+        ConsumerRecord(
+            topic="orders",
+            partition=0,
+            offset=offset,
+            timestamp=1718000000456 + offset,
+            timestamp_type=0,
+            key=f"order-{offset}".encode(),
+            value=b'{"orderId": %d, "amount": 42.5}' % offset,
+            checksum=None,
+            serialized_key_size=-1,
+            serialized_value_size=-1,
+            headers=[("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+        )
+        for offset in (15, 16)
+    ]
+    return KafkaEventFormat("localhost:9092"), [to_record(message) for message in messages]
+
+
+def _sqs_sample() -> tuple[EventFormat, list[Record]]:
     queue = sqs.QueueInfo(
         url="https://sqs.us-east-1.amazonaws.com/000000000000/orders",
         arn="arn:aws:sqs:us-east-1:000000000000:orders",
@@ -71,8 +83,7 @@ def _sqs_sample() -> dict[str, Any]:
             message["MessageAttributes"] = attributes
             message["MD5OfMessageAttributes"] = _md5_of_message_attributes(attributes)
         messages.append(message)
-    format = sqs.SqsEventFormat(queue)
-    return format.event([sqs.to_record(message, queue, "orders#0") for message in messages])
+    return sqs.SqsEventFormat(queue), [sqs.to_record(message, queue, "orders#0") for message in messages]
 
 
 def _md5_of_message_attributes(attributes: dict[str, dict[str, Any]]) -> str:
@@ -96,7 +107,7 @@ def _md5_of_message_attributes(attributes: dict[str, dict[str, Any]]) -> str:
     return digest.hexdigest()
 
 
-def _kinesis_sample() -> dict[str, Any]:
+def _kinesis_sample() -> tuple[EventFormat, list[Record]]:
     from datetime import UTC, datetime
 
     from poller.sources.kinesis_event import KinesisEventFormat
@@ -122,10 +133,10 @@ def _kinesis_sample() -> dict[str, Any]:
         )
         for item in raw
     ]
-    return KinesisEventFormat().event(records)
+    return KinesisEventFormat(), records
 
 
-def _rabbitmq_sample() -> dict[str, Any]:
+def _rabbitmq_sample() -> tuple[EventFormat, list[Record]]:
     from datetime import UTC, datetime
 
     from poller.sources.rabbitmq_event import (
@@ -161,4 +172,4 @@ def _rabbitmq_sample() -> dict[str, Any]:
                 first_seen=1718000000.0 + number,
             )
         )
-    return RabbitMQEventFormat(broker_arn(url, "us-east-1"), "/").event(records)
+    return RabbitMQEventFormat(broker_arn(url, "us-east-1"), "/"), records

@@ -1,23 +1,37 @@
 """Helpers shared by the unit and integration tests (import as ``from support import ...``).
 
 Kafka helpers talk to whatever broker the ``kafka_bootstrap`` fixture gives: the tansu stand-in by
-default. They work around tansu's quirks (``/work/shared/reference/brokers.md``) so that the tests
+default. They work around tansu's quirks (slow group formation, see below) so that the tests
 themselves assert Kafka semantics only.
+
+The integration tests of every source run the service the same ways, so that scaffolding lives here
+too: in this process (``mapping_config``, ``running``, ``FakeClock``), or as a real ``poller run``
+child process (``start_poller``, ``kill_9_mid_batch``, ``sigterm_once``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeAlias, TypeVar, overload
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from poller.app import App
+from poller.clock import Clock
+from poller.config import Config
 
 T = TypeVar("T")
 
@@ -209,3 +223,198 @@ async def consume_all(
         await consumer.stop()
     received.sort(key=lambda message: (message.partition, message.offset))
     return received
+
+
+# --- SQS -----------------------------------------------------------------------------------------
+
+
+async def sqs_queue_is_empty(sqs: Any, url: str) -> bool:
+    """Whether the SQS queue at ``url`` holds no message, visible or in flight (``sqs``: a client)."""
+    attributes = (
+        await sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
+    )["Attributes"]
+    return bool(
+        attributes["ApproximateNumberOfMessages"]
+        == "0"
+        == attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+# --- the service in this process -----------------------------------------------------------------
+
+
+class FakeClock(Clock):
+    """Wall time plus whatever the engine slept: backoff and record age without waiting.
+
+    Only the engine's own sleeps are skipped (each still yields to the loop for 10 ms); retries
+    handed to a broker, such as RabbitMQ's delay queues, wait there in real time.
+    """
+
+    def __init__(self) -> None:
+        self.slept = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.slept
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        await asyncio.sleep(0.01)
+
+
+def mapping_config(
+    connections: dict[str, Any],
+    source: dict[str, Any],
+    handler: str,
+    /,
+    *,
+    dlq: dict[str, Any] | None = None,
+    function: dict[str, Any] | None = None,
+    **mapping: Any,
+) -> Config:
+    """A config with one function ``fn`` running ``handler`` and one mapping ``m`` from ``source``.
+
+    ``dlq`` becomes destination ``dlq``, the mapping's on-failure destination; ``function`` and
+    ``mapping`` add keys to the function and the mapping. Each source's tests wrap this in their
+    own ``make_config``, which builds the connections, the source and the destination.
+    """
+    destinations = {}
+    if dlq is not None:
+        destinations["dlq"] = dlq
+        mapping["destination_config"] = {"on_failure": {"destination": "dlq"}}
+    return Config.model_validate(
+        {
+            "connections": connections,
+            "functions": {"fn": {"handler": handler, **(function or {})}},
+            "destinations": destinations,
+            "mappings": {"m": {"function_name": "fn", "source": source, **mapping}},
+            "admin": {"port": 0},
+        }
+    )
+
+
+@asynccontextmanager
+async def serving(app: App) -> AsyncIterator[App]:
+    """Run ``app`` until the block ends, then stop it and wait for it to drain.
+
+    The block starts once the admin endpoints are up. A failure at start is raised here rather than
+    left for the block to run into.
+    """
+    task = asyncio.create_task(app.run())
+    try:
+        await wait_for(lambda: app.admin.port or task.done(), message="admin endpoints up")
+        if task.done():
+            task.result()  # a failure at start: raise it here
+        yield app
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, 30)
+
+
+@asynccontextmanager
+async def running(config: Config, clock: Clock | None = None, **options: Any) -> AsyncIterator[App]:
+    """The service on ``config``, in this process, until the block ends (then drained).
+
+    ``options`` go to ``App``, e.g. ``telemetry``.
+    """
+    async with serving(App(config, clock=clock, drain_timeout=10, **options)) as app:
+        yield app
+
+
+# --- the service as a `poller run` child process ------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+# The handler modules the test configs name (recorder, rmq_handlers, ...) live here.
+INTEGRATION = REPO / "tests" / "integration"
+
+
+def spawn_poller(
+    config: Path, env: Mapping[str, str], *, log: Path | None = None, options: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m poller [options] run -c config`` from the repository root.
+
+    The test handlers are importable (``PYTHONPATH``), ``env`` is added to this process's
+    environment, and stdout and stderr are appended to ``log``: by default the config's path with
+    the suffix ``.log`` (read it with ``poller_log``).
+    """
+    log = config.with_suffix(".log") if log is None else log
+    with open(log, "ab") as file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "poller", *options, "run", "-c", str(config)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(INTEGRATION), str(REPO)]), **env},
+            stdout=file,
+            stderr=file,
+        )
+
+
+def start_poller(config: Path, record_file: Path, handler_sleep: float) -> subprocess.Popen[bytes]:
+    """``spawn_poller`` for the subprocess tests' handlers: they sleep ``handler_sleep`` seconds in
+    each batch and record what they handled in ``record_file`` (``RECORDER_FILE``)."""
+    return spawn_poller(config, {"RECORDER_FILE": str(record_file), "HANDLER_SLEEP": str(handler_sleep)})
+
+
+def poller_log(config: Path) -> str:
+    """What the process ``spawn_poller`` started on ``config`` wrote to stdout and stderr."""
+    return config.with_suffix(".log").read_text()
+
+
+def started_batches(record_file: Path, suffix: str = ".started") -> int:
+    """How many batches the subprocess handlers began: they add a line to ``record_file`` + ``suffix``
+    as a batch starts (and, some, to ``.finished`` as it ends)."""
+    marks = Path(str(record_file) + suffix)
+    return len(marks.read_text().splitlines()) if marks.exists() else 0
+
+
+async def wait_exit(process: subprocess.Popen[bytes], within: float) -> int:
+    """The exit code of ``process``, polled without blocking the loop; fails after ``within`` s."""
+    await wait_for(lambda: process.poll() is not None, timeout=within, message="poller exited")
+    return process.returncode
+
+
+async def kill_9_mid_batch(
+    process: subprocess.Popen[bytes],
+    record_file: Path,
+    handled: Callable[[], int],
+    *,
+    batch_size: int,
+    after: int,
+    message: str,
+) -> int:
+    """SIGKILL ``process`` while a batch is inside the handler, and return its exit code.
+
+    Waits until ``handled()`` (records handled so far) reaches ``after`` (failing with ``message``),
+    then until more batches of ``batch_size`` have started than finished. The process never
+    outlives a failed wait.
+    """
+    try:
+        await wait_for(lambda: handled() >= after, timeout=60, message=message)
+        await wait_for(
+            lambda: started_batches(record_file) * batch_size > handled(),
+            timeout=10,
+            message="mid-batch",
+        )
+        process.send_signal(signal.SIGKILL)
+        return await wait_exit(process, 10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+async def sigterm_once(
+    process: subprocess.Popen[bytes], ready: Callable[[], bool], *, within: float, message: str
+) -> int:
+    """SIGTERM ``process`` once ``ready()`` holds, and return its exit code (it has 30 s to drain).
+
+    ``ready()`` may take ``within`` seconds to hold (else the test fails with ``message``). The
+    process never outlives a failed wait.
+    """
+    try:
+        await wait_for(ready, timeout=within, message=message)
+        process.send_signal(signal.SIGTERM)
+        return await wait_exit(process, 30)
+    finally:
+        if process.poll() is None:
+            process.kill()

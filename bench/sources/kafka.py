@@ -3,7 +3,7 @@
 Each run gets a fresh topic with ``parallelism`` partitions and a fresh consumer group; the records
 are 1 KiB values with a short key. All three contenders use the same group timeouts: short ones,
 which tansu accepts and which make a group join take about a second instead of five (real Kafka
-would refuse a session timeout this short; shared/reference/brokers.md).
+would refuse a session timeout this short).
 """
 
 from __future__ import annotations

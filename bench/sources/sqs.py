@@ -1,6 +1,6 @@
 """SQS on LocalStack (host mode, the harness's own on 14566): raw aiobotocore loops and the poller.
 
-moto's SQS costs O(queue depth) per call (shared/reference/brokers.md), so it cannot hold a
+moto's SQS costs O(queue depth) per call, so it cannot hold a
 backlog; LocalStack's stays flat, but it is still the bottleneck at under 1,000 messages/s on
 these 2 cores. Records/s then says little about the consumer, so the report compares CPU seconds
 per 10,000 messages (``broker_bound``). When LocalStack cannot be set up, the bench falls back to

@@ -14,11 +14,25 @@ from poller.config import Config, Mapping
 from poller.records import Record
 
 
+def json_copy(value: Any) -> Any:
+    """A JSON value with dicts and lists of its own; strings and numbers are immutable and shared."""
+    if isinstance(value, dict):
+        return {name: json_copy(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [json_copy(item) for item in value]
+    return value
+
+
 class EventFormat(Protocol):
     """Pure translation between records and the AWS event shape of one source type."""
 
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
-        """The handler's event for a batch, exactly as AWS would build it."""
+        """The handler's event for a batch, exactly as AWS would build it.
+
+        Every call builds new dicts and lists (strings and numbers are immutable and may be
+        shared), so that the handler owns its event as on Lambda: what it changes in it never
+        reaches the records that are retried or dead-lettered. This is what lets the function
+        runtime hand the event over without a JSON copy (``fresh=True``)."""
 
     def describe(self, records: Sequence[Record]) -> dict[str, Any]:
         """The ``source`` object of the on-failure record: where these records came from."""

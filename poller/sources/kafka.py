@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from binascii import b2a_base64
 from collections.abc import Collection, Hashable, Sequence
 from typing import Any, ClassVar
 
+import pybase64
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
@@ -22,7 +22,7 @@ from poller.config import KafkaConnection, Mapping
 from poller.config import KafkaSource as KafkaSourceConfig
 from poller.errors import SourceError
 from poller.records import Record
-from poller.sources import LaneListener
+from poller.sources import LaneListener, json_copy
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def to_record(message: Any, lane: str | None = None) -> Record:
     are only looked at when present, and ``lane`` (``lane_name`` of the record's partition) may be
     passed in by a caller converting a whole partition's messages."""
     value = message.value
-    encoded = b2a_base64(value, newline=False).decode() if value is not None else ""
+    encoded = pybase64.b64encode_as_string(value) if value is not None else ""
     size = _RECORD_OVERHEAD + len(encoded)
     headers: list[dict[str, list[int]]] = []
     if message.headers:
@@ -96,7 +96,7 @@ def to_record(message: Any, lane: str | None = None) -> Record:
         "headers": headers,
     }
     if message.key is not None:
-        payload["key"] = key = b2a_base64(message.key, newline=False).decode()
+        payload["key"] = key = pybase64.b64encode_as_string(message.key)
         size += len(key)
     if lane is None:
         lane = lane_name(message.topic, message.partition)
@@ -117,8 +117,14 @@ class KafkaEventFormat:
 
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
         by_partition: dict[str, list[dict[str, Any]]] = {}
+        partition, entries = None, []
         for record in records:
-            by_partition.setdefault(record.partition, []).append(record.payload)
+            if record.partition != partition:  # a batch is usually of one partition
+                partition = record.partition
+                entries = by_partition.setdefault(partition, [])
+            # New containers, so that the handler owns its event; only headers nest deeper.
+            payload = record.payload
+            entries.append({**payload, "headers": json_copy(payload["headers"])})
         return {
             "eventSource": "SelfManagedKafka",
             "bootstrapServers": self.bootstrap_servers,

@@ -116,7 +116,9 @@ class KinesisSource:
         self._listener = listener
         stack = AsyncExitStack()
         try:
-            self._client = await stack.enter_async_context(create_client(self.connection, "kinesis"))
+            self._client = await stack.enter_async_context(
+                create_client(self.connection, "kinesis", wire_values=True)
+            )
             await self._describe_stream()
             store = self._build_store()
             await store.open()

@@ -7,11 +7,12 @@ and a failed batch is described by AWS's ``KinesisBatchInfo`` fields.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+import pybase64
 
 from poller.records import Record
 
@@ -36,8 +37,13 @@ def shard_of(lane: str) -> str:
 def to_record(
     raw: dict[str, Any], *, shard_id: str, stream_arn: str, region: str, role_arn: str, factor: int = 1
 ) -> Record:
-    """A GetRecords record as a Record whose payload is the Lambda event record."""
-    data = base64.b64encode(raw["Data"]).decode()
+    """A GetRecords record as a Record whose payload is the Lambda event record.
+
+    ``Data`` may be the wire's base64 text (``create_client(..., wire_values=True)``) or bytes,
+    ``ApproximateArrivalTimestamp`` epoch seconds or a datetime."""
+    data = raw["Data"]
+    if not isinstance(data, str):
+        data = pybase64.b64encode_as_string(data)
     sequence: str = raw["SequenceNumber"]
     key: str = raw["PartitionKey"]
     arrival = raw["ApproximateArrivalTimestamp"]
@@ -78,7 +84,10 @@ def _iso(seconds: float) -> str:
 
 class KinesisEventFormat:
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
-        return {"Records": [record.payload for record in records]}
+        # New containers, so that the handler owns its event (EventFormat.event).
+        return {
+            "Records": [{**record.payload, "kinesis": {**record.payload["kinesis"]}} for record in records]
+        }
 
     def describe(self, records: Sequence[Record]) -> dict[str, Any]:
         """AWS's ``KinesisBatchInfo`` of the records (all of one shard), plus ``type``."""

@@ -26,11 +26,13 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+import pybase64
 from pamqp.commands import Basic
 from yarl import URL
 
 from poller.function import ACCOUNT_ID
 from poller.records import Record
+from poller.sources import json_copy
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -278,7 +280,7 @@ def message_record(
     payload = {
         "basicProperties": properties.to_event(len(body)),
         "redelivered": redelivered,
-        "data": base64.b64encode(body).decode(),
+        "data": pybase64.b64encode_as_string(body),
     }
     key = queue_key(queue, vhost)
     return Record(
@@ -303,7 +305,11 @@ class RabbitMQEventFormat:
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
         by_queue: dict[str, list[dict[str, Any]]] = {}
         for record in records:
-            by_queue.setdefault(record.partition, []).append(record.payload)
+            # New containers, so that the handler owns its event (EventFormat.event).
+            payload = record.payload
+            properties = payload["basicProperties"]
+            properties = {**properties, "headers": json_copy(properties["headers"])}
+            by_queue.setdefault(record.partition, []).append({**payload, "basicProperties": properties})
         return {
             "eventSource": "aws:rmq",
             "eventSourceArn": self.event_source_arn,

@@ -17,6 +17,7 @@ import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
 from poller.records import Record
+from poller.sources import json_copy
 
 # Every exception an aiobotocore call may raise for a failed request.
 AWS_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError)
@@ -132,6 +133,15 @@ def to_record(message: dict[str, Any], queue: QueueInfo, lane: str) -> Record:
     )
 
 
+def _fresh(payload: dict[str, Any]) -> dict[str, Any]:
+    """The event record with containers of its own (EventFormat.event)."""
+    return {
+        **payload,
+        "attributes": {**payload["attributes"]},
+        "messageAttributes": json_copy(payload["messageAttributes"]),
+    }
+
+
 class SqsEventFormat:
     """Lambda's SQS event: ``{"Records": [...]}``; an item is identified by its ``messageId``."""
 
@@ -139,7 +149,7 @@ class SqsEventFormat:
         self.queue = queue  # known once the source has started
 
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
-        return {"Records": [record.payload for record in records]}
+        return {"Records": [_fresh(record.payload) for record in records]}
 
     def describe(self, records: Sequence[Record]) -> dict[str, Any]:
         first = records[0].payload

@@ -6,7 +6,6 @@ a test checks what is really stored (and opening a store would take the file ove
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sqlite3
@@ -16,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from aiobotocore.session import get_session
-from support import wait_for
+from support import mapping_config, wait_for
 
-from poller.app import App
-from poller.clock import Clock
 from poller.config import Config
 
 
@@ -172,43 +169,17 @@ def make_config(
     **mapping: Any,
 ) -> Config:
     """A config with one Kinesis mapping ``m`` of function ``fn``; ``source`` adds source keys."""
-    destinations = {}
-    if destination is not None:
-        destinations["dlq"] = destination
-        mapping["destination_config"] = {"on_failure": {"destination": "dlq"}}
-    return Config.model_validate(
+    return mapping_config(
+        {"aws": connection},
         {
-            "connections": {"aws": connection},
-            "functions": {"fn": {"handler": handler, **(function or {})}},
-            "destinations": destinations,
-            "mappings": {
-                "m": {
-                    "function_name": "fn",
-                    "source": {
-                        "type": "kinesis",
-                        "connection": "aws",
-                        "stream": stream,
-                        "poll_interval_seconds": 0.1,
-                        **(source or {}),
-                    },
-                    **mapping,
-                }
-            },
-            "admin": {"port": 0},
-        }
+            "type": "kinesis",
+            "connection": "aws",
+            "stream": stream,
+            "poll_interval_seconds": 0.1,
+            **(source or {}),
+        },
+        handler,
+        dlq=destination,
+        function=function,
+        **mapping,
     )
-
-
-@asynccontextmanager
-async def running(config: Config, clock: Clock | None = None) -> AsyncIterator[App]:
-    """The service on ``config``, in this process, until the block ends (then drained)."""
-    app = App(config, clock=clock, drain_timeout=10)
-    task = asyncio.create_task(app.run())
-    try:
-        await wait_for(lambda: app.admin.port or task.done(), message="admin endpoints up")
-        if task.done():
-            task.result()  # a failure at start: raise it here
-        yield app
-    finally:
-        app.stop()
-        await asyncio.wait_for(task, 30)

@@ -7,8 +7,6 @@ import base64
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +14,18 @@ import pytest
 import recorder
 from support import (
     KAFKA_TEST_GROUP_SETTINGS,
+    FakeClock,
     committed_offsets,
     consume_all,
     create_topic,
+    mapping_config,
     produce,
+    running,
     unique_name,
     wait_for,
 )
 
 from poller.app import App
-from poller.clock import Clock
 from poller.config import Config
 from poller.standins import start_kafka
 
@@ -38,20 +38,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class FakeClock(Clock):
-    """Wall time plus whatever the engine slept: backoff and record age without waiting."""
-
-    def __init__(self) -> None:
-        self.slept = 0.0
-
-    def now(self) -> float:
-        return time.time() + self.slept
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept += seconds
-        await asyncio.sleep(0.01)
-
-
 def make_config(
     bootstrap: str,
     topic: str,
@@ -62,49 +48,20 @@ def make_config(
     **mapping: Any,
 ) -> Config:
     connections: dict[str, Any] = {"kafka": {"type": "kafka", "bootstrap_servers": bootstrap}}
-    destinations = {}
-    if destination is not None:
-        if "bootstrap_servers" in destination:
-            connections["dlq-kafka"] = {
-                "type": "kafka",
-                "bootstrap_servers": destination.pop("bootstrap_servers"),
-            }
-            destination["connection"] = "dlq-kafka"
-        destinations["dlq"] = destination
-        mapping["destination_config"] = {"on_failure": {"destination": "dlq"}}
-    return Config.model_validate(
-        {
-            "connections": connections,
-            "functions": {"fn": {"handler": handler, **(function or {})}},
-            "destinations": destinations,
-            "mappings": {
-                "m": {
-                    "function_name": "fn",
-                    "source": {
-                        "type": "kafka",
-                        "connection": "kafka",
-                        "topics": [topic],
-                        "consumer_group_id": unique_name("group"),
-                        **KAFKA_TEST_GROUP_SETTINGS,
-                    },
-                    **mapping,
-                }
-            },
-            "admin": {"port": 0},
+    if destination is not None and "bootstrap_servers" in destination:
+        connections["dlq-kafka"] = {
+            "type": "kafka",
+            "bootstrap_servers": destination.pop("bootstrap_servers"),
         }
-    )
-
-
-@asynccontextmanager
-async def running(config: Config, clock: Clock | None = None, **options: Any) -> AsyncIterator[App]:
-    app = App(config, clock=clock, drain_timeout=10, **options)
-    task = asyncio.create_task(app.run())
-    try:
-        await wait_for(lambda: app.admin.port or task.done(), message="admin endpoints up")
-        yield app
-    finally:
-        app.stop()
-        await asyncio.wait_for(task, 30)
+        destination["connection"] = "dlq-kafka"
+    source = {
+        "type": "kafka",
+        "connection": "kafka",
+        "topics": [topic],
+        "consumer_group_id": unique_name("group"),
+        **KAFKA_TEST_GROUP_SETTINGS,
+    }
+    return mapping_config(connections, source, handler, dlq=destination, function=function, **mapping)
 
 
 def handled(topic: str) -> list[tuple[int, int]]:
@@ -463,7 +420,9 @@ async def test_unknown_topic_stops_the_service_at_start(kafka_bootstrap: str) ->
     assert raised.group_contains(SourceError, match="unknown Kafka topic")
 
 
-async def test_broker_gone_turns_readyz_false_and_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_broker_gone_turns_readyz_false_and_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import aiohttp
 
     from poller.sources import kafka as kafka_source
@@ -487,11 +446,15 @@ async def test_broker_gone_turns_readyz_false_and_back(tmp_path: Path, monkeypat
 
             await wait_for(lambda: _is(status(), 200), timeout=30, message="ready")
             broker.stop()
-            await wait_for(lambda: _is(status(), 503), timeout=30, message="not ready once the broker is gone")
+            await wait_for(
+                lambda: _is(status(), 503), timeout=30, message="not ready once the broker is gone"
+            )
             assert "unreachable" in (app.runners["m"].status.last_error or "")
             broker = start_kafka(port, tmp_path)
             assert broker is not None
-            await wait_for(lambda: _is(status(), 200), timeout=60, message="ready again after the broker is back")
+            await wait_for(
+                lambda: _is(status(), 200), timeout=60, message="ready again after the broker is back"
+            )
     finally:
         if broker is not None:
             broker.stop()

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import KAFKA_TEST_GROUP_SETTINGS, committed_offsets, create_topic, produce, unique_name, wait_for
+from support import (
+    KAFKA_TEST_GROUP_SETTINGS,
+    committed_offsets,
+    create_topic,
+    kill_9_mid_batch,
+    poller_log,
+    produce,
+    sigterm_once,
+    start_poller,
+    started_batches,
+    unique_name,
+    wait_exit,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kafka
-
-REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 
 
 def write_config(path: Path, bootstrap: str, topic: str, group: str, **mapping: Any) -> Path:
@@ -43,44 +50,10 @@ def write_config(path: Path, bootstrap: str, topic: str, group: str, **mapping: 
     return path
 
 
-def start_poller(
-    config: Path, record_file: Path, handler_sleep: float, *args: str
-) -> subprocess.Popen[bytes]:
-    """Start `poller run`; its stdout and stderr go to files beside the config (read with `output`)."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)]),
-        "RECORDER_FILE": str(record_file),
-        "HANDLER_SLEEP": str(handler_sleep),
-    }
-    with open(config.with_suffix(".log"), "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "poller", "run", "-c", str(config), *args],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
-
-
-def output(config: Path) -> str:
-    return config.with_suffix(".log").read_text()
-
-
 def lines(path: Path) -> list[tuple[int, int]]:
     if not path.exists():
         return []
     return [tuple(json.loads(line)) for line in path.read_text().splitlines() if line]  # type: ignore[misc]
-
-
-def started_batches(record_file: Path) -> int:
-    started = Path(str(record_file) + ".started")
-    return len(started.read_text().splitlines()) if started.exists() else 0
-
-
-async def wait_exit(process: subprocess.Popen[bytes], within: float) -> int:
-    await wait_for(lambda: process.poll() is not None, timeout=within, message="poller exited")
-    return process.returncode
 
 
 async def test_kill_9_mid_batch_then_restart_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -90,19 +63,16 @@ async def test_kill_9_mid_batch_then_restart_loses_nothing(kafka_bootstrap: str,
     config = write_config(tmp_path / "poller.yaml", kafka_bootstrap, topic, group, batch_size=50)
     record_file = tmp_path / "handled.jsonl"
     first = start_poller(config, record_file, 0.1)
-    try:
-        # Kill while a batch is inside the handler: more batches started than finished.
-        await wait_for(lambda: len(lines(record_file)) >= 150, timeout=60, message="first records handled")
-        await wait_for(
-            lambda: started_batches(record_file) * 50 > len(lines(record_file)),
-            timeout=10,
-            message="mid-batch",
-        )
-        first.send_signal(signal.SIGKILL)
-        assert await wait_exit(first, 10) == -signal.SIGKILL
-    finally:
-        if first.poll() is None:
-            first.kill()
+    # Kill while a batch is inside the handler: more batches started than finished.
+    code = await kill_9_mid_batch(
+        first,
+        record_file,
+        lambda: len(lines(record_file)),
+        batch_size=50,
+        after=150,
+        message="first records handled",
+    )
+    assert code == -signal.SIGKILL
     before_restart = lines(record_file)
     assert len(before_restart) < 600
     second = start_poller(config, record_file, 0.0)
@@ -141,17 +111,11 @@ async def test_sigterm_mid_batch_finishes_it_commits_and_exits_0(
     )
     record_file = tmp_path / "handled.jsonl"
     process = start_poller(config, record_file, 3.0)
-    try:
-        await wait_for(
-            lambda: started_batches(record_file) == 1, timeout=60, message="the slow batch started"
-        )
-        process.send_signal(signal.SIGTERM)
-        code = await wait_exit(process, 30)
-        stderr = output(config)
-        assert code == 0, stderr
-    finally:
-        if process.poll() is None:
-            process.kill()
+    code = await sigterm_once(
+        process, lambda: started_batches(record_file) == 1, within=60, message="the slow batch started"
+    )
+    stderr = poller_log(config)
+    assert code == 0, stderr
     assert lines(record_file) == [(0, i) for i in range(10)], "the in-flight batch finished"
     assert await committed_offsets(kafka_bootstrap, group, topic, [0]) == {0: 10}
     assert "draining" in stderr
@@ -170,7 +134,7 @@ async def test_run_with_bad_config_exits_2(
     config = write_config(tmp_path / "bad.yaml", kafka_bootstrap, "t", "g", **mutation)
     process = start_poller(config, tmp_path / "unused", 0)
     code = await asyncio.to_thread(process.wait, 30)
-    stderr = output(config)
+    stderr = poller_log(config)
     assert code == 2
     assert expected in stderr
     assert "Traceback" not in stderr

@@ -5,7 +5,6 @@ Checkpoints go to a SQLite file in the test's directory, or to a DynamoDB lease 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import defaultdict
@@ -25,15 +24,13 @@ from kinesis_helpers import (
     make_config,
     merge,
     put,
-    running,
     shards,
     split,
     sqlite_leases,
 )
-from support import unique_name, wait_for
+from support import FakeClock, running, unique_name, wait_for
 
 from poller.app import App
-from poller.clock import Clock
 from poller.sources.kinesis import KinesisSource
 
 pytestmark = pytest.mark.kinesis
@@ -43,20 +40,6 @@ pytestmark = pytest.mark.kinesis
 async def _delete_streams() -> AsyncIterator[None]:
     yield
     await delete_created_streams()
-
-
-class FakeClock(Clock):
-    """Wall time plus whatever the engine slept: backoff without waiting."""
-
-    def __init__(self) -> None:
-        self.slept = 0.0
-
-    def now(self) -> float:
-        return time.time() + self.slept
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept += seconds
-        await asyncio.sleep(0.01)
 
 
 def handled(stream: str) -> list[dict[str, Any]]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,12 +12,10 @@ from typing import Any
 
 import pytest
 from kinesis_helpers import aws_connection, create_stream, delete_created_streams, dynamodb_leases, put
-from support import unique_name, wait_for
+from support import spawn_poller, unique_name, wait_for
 
 pytestmark = pytest.mark.kinesis
 
-REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 BATCH_SIZE = 20
 
 
@@ -58,20 +54,13 @@ def write_config(path: Path, connection: dict[str, Any], stream: str, table: str
 
 
 def start_poller(config: Path, record_file: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)]),
-        "RECORDER_FILE": str(record_file),
-        "HANDLER_SLEEP": "0.2",
-    }
-    with open(record_file.with_suffix(".log"), "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "poller", "--log-format", "text", "run", "-c", str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
+    # The two processes share a config, so each logs (as text) beside its own record file.
+    return spawn_poller(
+        config,
+        {"RECORDER_FILE": str(record_file), "HANDLER_SLEEP": "0.2"},
+        log=record_file.with_suffix(".log"),
+        options=["--log-format", "text"],
+    )
 
 
 def lines(path: Path) -> list[tuple[str, str]]:

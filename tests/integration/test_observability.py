@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,15 +18,22 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 from prometheus_client.parser import text_string_to_metric_families
-from support import KAFKA_TEST_GROUP_SETTINGS, consume_all, create_topic, produce, unique_name, wait_for
-from test_kafka_mapping import FakeClock, make_config, running
+from support import (
+    KAFKA_TEST_GROUP_SETTINGS,
+    FakeClock,
+    consume_all,
+    create_topic,
+    produce,
+    running,
+    spawn_poller,
+    unique_name,
+    wait_for,
+)
+from test_kafka_mapping import make_config
 
 from poller.telemetry import Telemetry
 
 pytestmark = pytest.mark.kafka
-
-REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -166,17 +170,6 @@ async def _lag_is_zero(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]
     return metrics if lags and all(value == 0 for value in lags) else None
 
 
-def _run_poller(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with open(config.with_suffix(".log"), "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "poller", "run", "-c", str(config)],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)]), **env},
-            stdout=log,
-            stderr=log,
-        )
-
-
 @pytest.mark.parametrize("disabled", [False, True])
 async def test_otel_environment_turns_export_on_and_off(
     kafka_bootstrap: str, receiver: OtlpReceiver, tmp_path: Path, disabled: bool
@@ -214,7 +207,7 @@ async def test_otel_environment_turns_export_on_and_off(
     }
     if disabled:
         env["OTEL_SDK_DISABLED"] = "true"
-    process = _run_poller(config, env)
+    process = spawn_poller(config, env)
     try:
         await wait_for(
             lambda: handled.exists() and len(handled.read_text().splitlines()) == 5,

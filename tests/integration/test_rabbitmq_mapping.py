@@ -11,9 +11,8 @@ import base64
 import itertools
 import json
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,11 +33,10 @@ from rabbitmq_support import (
     unacked,
 )
 from rmq_handlers import CALLS, body
-from support import unique_name, wait_for
+from support import FakeClock, mapping_config, running, unique_name, wait_for
 from yarl import URL
 
 from poller.app import App
-from poller.clock import Clock
 from poller.config import Config
 from poller.errors import SourceError
 from poller.sources.rabbitmq import RabbitMQSource
@@ -46,21 +44,6 @@ from poller.sources.rabbitmq import RabbitMQSource
 pytestmark = pytest.mark.rabbitmq
 
 NewQueue = Callable[..., Awaitable[str]]
-
-
-class FakeClock(Clock):
-    """Wall time plus whatever the engine slept: in-process backoff without waiting. Retries
-    handed to the broker wait in its delay queues in real time."""
-
-    def __init__(self) -> None:
-        self.slept = 0.0
-
-    def now(self) -> float:
-        return time.time() + self.slept
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept += seconds
-        await asyncio.sleep(0.01)
 
 
 def make_config(
@@ -72,37 +55,17 @@ def make_config(
     function: dict[str, Any] | None = None,
     **mapping: Any,
 ) -> Config:
-    destinations = {}
+    destination = None
     if dlq is not None:
-        destinations["dlq"] = {"type": "rabbitmq", "connection": "rabbit", "exchange": "", "routing_key": dlq}
-        mapping["destination_config"] = {"on_failure": {"destination": "dlq"}}
-    return Config.model_validate(
-        {
-            "connections": {"rabbit": {"type": "rabbitmq", "url": url}},
-            "functions": {"fn": {"handler": handler, **(function or {})}},
-            "destinations": destinations,
-            "mappings": {
-                "m": {
-                    "function_name": "fn",
-                    "source": {"type": "rabbitmq", "connection": "rabbit", "queues": queues},
-                    **mapping,
-                }
-            },
-            "admin": {"port": 0},
-        }
+        destination = {"type": "rabbitmq", "connection": "rabbit", "exchange": "", "routing_key": dlq}
+    return mapping_config(
+        {"rabbit": {"type": "rabbitmq", "url": url}},
+        {"type": "rabbitmq", "connection": "rabbit", "queues": queues},
+        handler,
+        dlq=destination,
+        function=function,
+        **mapping,
     )
-
-
-@asynccontextmanager
-async def running(config: Config, clock: Clock | None = None) -> AsyncIterator[App]:
-    app = App(config, clock=clock, drain_timeout=10)
-    task = asyncio.create_task(app.run())
-    try:
-        await wait_for(lambda: app.admin.port or task.done(), message="admin endpoints up")
-        yield app
-    finally:
-        app.stop()
-        await asyncio.wait_for(task, 30)
 
 
 def source_of(app: App) -> RabbitMQSource:

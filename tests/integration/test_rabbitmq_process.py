@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
 import pytest
 from rabbitmq_support import declare, delete, depth, publish, unacked
-from support import unique_name, wait_for
+from support import (
+    kill_9_mid_batch,
+    poller_log,
+    sigterm_once,
+    start_poller,
+    started_batches,
+    unique_name,
+    wait_exit,
+    wait_for,
+)
 
 pytestmark = pytest.mark.rabbitmq
-
-REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -48,35 +51,8 @@ def write_config(path: Path, url: str, queue: str, batch_size: int) -> Path:
     return path
 
 
-def start_poller(config: Path, record_file: Path, handler_sleep: float) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)]),
-        "RECORDER_FILE": str(record_file),
-        "HANDLER_SLEEP": str(handler_sleep),
-    }
-    with open(config.with_suffix(".log"), "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "poller", "run", "-c", str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
-
-
 def handled(record_file: Path) -> list[str]:
     return record_file.read_text().splitlines() if record_file.exists() else []
-
-
-def started_batches(record_file: Path) -> int:
-    started = Path(str(record_file) + ".started")
-    return len(started.read_text().splitlines()) if started.exists() else 0
-
-
-async def wait_exit(process: subprocess.Popen[bytes], within: float) -> int:
-    await wait_for(lambda: process.poll() is not None, timeout=within, message="poller exited")
-    return process.returncode
 
 
 async def test_kill_9_mid_batch_then_restart_loses_nothing(amqp_url: str, queue: str, tmp_path: Path) -> None:
@@ -85,19 +61,16 @@ async def test_kill_9_mid_batch_then_restart_loses_nothing(amqp_url: str, queue:
     config = write_config(tmp_path / "poller.yaml", amqp_url, queue, batch_size=50)
     record_file = tmp_path / "handled.txt"
     first = start_poller(config, record_file, 0.2)
-    try:
-        # Kill while batches are inside the handler: more batches started than finished.
-        await wait_for(lambda: len(handled(record_file)) >= 150, timeout=60, message="first messages handled")
-        await wait_for(
-            lambda: started_batches(record_file) * 50 > len(handled(record_file)),
-            timeout=10,
-            message="mid-batch",
-        )
-        first.send_signal(signal.SIGKILL)
-        assert await wait_exit(first, 10) == -signal.SIGKILL
-    finally:
-        if first.poll() is None:
-            first.kill()
+    # Kill while batches are inside the handler: more batches started than finished.
+    code = await kill_9_mid_batch(
+        first,
+        record_file,
+        lambda: len(handled(record_file)),
+        batch_size=50,
+        after=150,
+        message="first messages handled",
+    )
+    assert code == -signal.SIGKILL
     assert len(set(handled(record_file))) < 600
     second = start_poller(config, record_file, 0.0)
     try:
@@ -112,7 +85,7 @@ async def test_kill_9_mid_batch_then_restart_loses_nothing(amqp_url: str, queue:
         await wait_for(drained, timeout=30, interval=0.5, message="the queue drained")
     finally:
         second.send_signal(signal.SIGTERM)
-        assert await wait_exit(second, 30) == 0, config.with_suffix(".log").read_text()
+        assert await wait_exit(second, 30) == 0, poller_log(config)
     assert set(handled(record_file)) == everything, "no message lost"
     # Acked before the SIGTERM, or returned to the queue by the broker when the connection closed.
     assert await depth(amqp_url, queue) == 0
@@ -127,17 +100,11 @@ async def test_sigterm_mid_batch_finishes_it_acks_and_exits_0(
     config = write_config(tmp_path / "poller.yaml", amqp_url, queue, batch_size=10)
     record_file = tmp_path / "handled.txt"
     process = start_poller(config, record_file, 3.0)
-    try:
-        await wait_for(
-            lambda: started_batches(record_file) == 1, timeout=30, message="the slow batch started"
-        )
-        process.send_signal(signal.SIGTERM)
-        code = await wait_exit(process, 30)
-        log = config.with_suffix(".log").read_text()
-        assert code == 0, log
-    finally:
-        if process.poll() is None:
-            process.kill()
+    code = await sigterm_once(
+        process, lambda: started_batches(record_file) == 1, within=30, message="the slow batch started"
+    )
+    log = poller_log(config)
+    assert code == 0, log
     assert sorted(handled(record_file)) == sorted(f"m-{i}" for i in range(10)), "the in-flight batch finished"
     assert await depth(amqp_url, queue) == 0, "and was acked before the connection closed"
     assert "draining" in log

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import sqs_handlers
 from aiobotocore.session import get_session
-from support import unique_name, wait_for
+from support import mapping_config, serving, sqs_queue_is_empty, unique_name, wait_for
 
 from poller.app import App
 from poller.config import Config
@@ -77,20 +77,6 @@ async def send(
     return ids
 
 
-async def queue_is_empty(sqs: Any, url: str) -> bool:
-    attributes = (
-        await sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )
-    )["Attributes"]
-    return (
-        attributes["ApproximateNumberOfMessages"]
-        == "0"
-        == attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
-
-
 async def receive_all(sqs: Any, url: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
     """Receive (and delete) ``count`` messages from ``url`` within ``timeout`` seconds."""
     received: list[dict[str, Any]] = []
@@ -119,55 +105,33 @@ def make_config(
 ) -> Config:
     """One mapping ``m`` of ``queue`` to ``handler``. Long polls of one second let a stopping app's
     last poll end within the grace that close() gives it (see SqsSource.close)."""
-    destinations = {}
-    if destination is not None:
-        destinations["dlq"] = (
-            destination if destination["type"] == "file" else {"connection": "aws", **destination}
-        )
-        mapping["destination_config"] = {"on_failure": {"destination": "dlq"}}
-    return Config.model_validate(
-        {
-            "connections": {"aws": {"type": "aws", "region": REGION, "endpoint_url": endpoint}},
-            "functions": {"fn": {"handler": handler, **(function or {})}},
-            "destinations": destinations,
-            "mappings": {
-                "m": {
-                    "function_name": "fn",
-                    "source": {
-                        "type": "sqs",
-                        "connection": "aws",
-                        "queue": queue,
-                        "wait_time_seconds": wait_time_seconds,
-                    },
-                    **mapping,
-                }
-            },
-            "admin": {"port": 0},
-        }
+    if destination is not None and destination["type"] != "file":
+        destination = {"connection": "aws", **destination}
+    return mapping_config(
+        {"aws": {"type": "aws", "region": REGION, "endpoint_url": endpoint}},
+        {"type": "sqs", "connection": "aws", "queue": queue, "wait_time_seconds": wait_time_seconds},
+        handler,
+        dlq=destination,
+        function=function,
+        **mapping,
     )
-
-
-@asynccontextmanager
-async def running(config: Config, *, receivers: int | None = 1) -> AsyncIterator[App]:
-    """Run the app; ``receivers`` caps concurrent ReceiveMessage calls (None: the product default)."""
-    app = App(config, drain_timeout=10)
-    source = app.runners["m"].source
-    assert isinstance(source, SqsSource)
-    if receivers is not None:
-        source.max_receivers = receivers
-    task = asyncio.create_task(app.run())
-    try:
-        await wait_for(lambda: app.admin.port or task.done(), message="admin endpoints up")
-        yield app
-    finally:
-        app.stop()
-        await asyncio.wait_for(task, 30)
 
 
 def source_of(app: App) -> SqsSource:
     source = app.runners["m"].source
     assert isinstance(source, SqsSource)
     return source
+
+
+@asynccontextmanager
+async def running(config: Config, *, receivers: int | None = 1) -> AsyncIterator[App]:
+    """Run the app; ``receivers`` caps concurrent ReceiveMessage calls (None: the product default)."""
+    app = App(config, drain_timeout=10)
+    source = source_of(app)
+    if receivers is not None:
+        source.max_receivers = receivers
+    async with serving(app):
+        yield app
 
 
 def bodies_succeeded(queue: str) -> list[str]:
@@ -198,7 +162,7 @@ async def test_two_thousand_messages_in_waves_with_five_concurrent_batches(
             most_receivers = max(most_receivers, source.receivers)
         await wait_for(lambda: len(set(bodies_succeeded(name))) == 2000, timeout=60, message="all handled")
         elapsed = time.monotonic() - started
-        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="queue empty")
+        await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
         # With the backlog gone, empty long polls retire the extra receivers.
         await wait_for(lambda: source.receivers == 1, timeout=30, message="receivers scaled back to one")
         stats = app.runners["m"].stats
@@ -293,7 +257,7 @@ async def test_poison_message_is_isolated_by_bisect_and_only_it_reaches_the_dest
         maximum_retry_attempts=0,
     )
     async with running(config) as app:
-        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="queue empty")
+        await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
         documents = await _failure_documents(kind, moto_endpoint, target, 1)
         stats = app.runners["m"].stats
     assert sorted(bodies_succeeded(name)) == sorted(set(bodies) - {"poison!"}), "the rest handled once"
@@ -344,7 +308,7 @@ async def test_partial_batch_response_retries_only_the_reported_messages(
     )
     async with running(config) as app:
         await wait_for(lambda: len(bodies_succeeded(name)) == 20, timeout=30, message="all succeeded")
-        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="queue empty")
+        await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
         assert app.runners["m"].stats.dead_lettered == 0
     seen: dict[str, list[str]] = {}
     for call in sqs_handlers.CALLS[name]:
@@ -379,7 +343,9 @@ async def test_maximum_retry_attempts_hold_across_a_restart(
     assert not dead_letters.exists()
     async with running(config):
         await wait_for(dead_letters.exists, timeout=30, message="dead-lettered by the second process")
-        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="deleted after the destination")
+        await wait_for(
+            lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="deleted after the destination"
+        )
     counts = [int(call[0]["attributes"]["ApproximateReceiveCount"]) for call in sqs_handlers.CALLS[name]]
     # One first attempt and two retries, counted by SQS. The third delivery may count one more:
     # the first app's last long poll can receive the message while it closes, and hand it back.
@@ -401,7 +367,7 @@ async def test_handler_slower_than_the_visibility_timeout_gets_the_message_once(
     config = make_config(moto_endpoint, url, "sqs_handlers:slow", function={"timeout": 10})
     async with running(config) as app:
         await wait_for(lambda: bodies_succeeded(name), timeout=30, message="handled")
-        await wait_for(lambda: queue_is_empty(sqs, url), timeout=10, message="deleted")
+        await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=10, message="deleted")
         assert app.runners["m"].stats.invocations == 1
     [[record]] = sqs_handlers.CALLS[name]
     assert record["attributes"]["ApproximateReceiveCount"] == "1"
@@ -424,7 +390,7 @@ async def test_fifo_groups_keep_their_order_under_failures_and_retries(sqs: Any,
     )
     async with running(config) as app:
         await wait_for(lambda: len(bodies_succeeded(name)) >= len(bodies), timeout=60, message="all handled")
-        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="queue empty")
+        await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
         assert app.runners["m"].stats.dead_lettered == 0
     succeeded = sqs_handlers.SUCCEEDED[name]
     for group in groups:
@@ -444,7 +410,7 @@ async def test_powertools_batch_processor_works_unchanged(sqs: Any, moto_endpoin
         moto_endpoint, url, "sqs_handlers:powertools", function_response_types=["ReportBatchItemFailures"]
     )
     async with running(config) as app:
-        await wait_for(lambda: queue_is_empty(sqs, url), timeout=30, message="queue empty")
+        await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
         stats = app.runners["m"].stats
         assert stats.dead_lettered == 0
     seen = [entry for call in sqs_handlers.CALLS["powertools:" + name] for entry in call]

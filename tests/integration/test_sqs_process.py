@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiobotocore.session import get_session
-from support import unique_name, wait_for
+from support import (
+    kill_9_mid_batch,
+    poller_log,
+    sigterm_once,
+    sqs_queue_is_empty,
+    start_poller,
+    started_batches,
+    unique_name,
+    wait_exit,
+    wait_for,
+)
 
 pytestmark = pytest.mark.sqs
-
-REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 
 
 def write_config(path: Path, endpoint: str, queue: str, **mapping: Any) -> Path:
@@ -38,37 +42,10 @@ def write_config(path: Path, endpoint: str, queue: str, **mapping: Any) -> Path:
     return path
 
 
-def start_poller(config: Path, record_file: Path, handler_sleep: float) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)]),
-        "RECORDER_FILE": str(record_file),
-        "HANDLER_SLEEP": str(handler_sleep),
-    }
-    with open(config.with_suffix(".log"), "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "poller", "run", "-c", str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
-
-
 def handled(record_file: Path) -> list[str]:
     if not record_file.exists():
         return []
     return [json.loads(line) for line in record_file.read_text().splitlines() if line]
-
-
-def started_batches(record_file: Path, suffix: str = ".started") -> int:
-    marks = Path(str(record_file) + suffix)
-    return len(marks.read_text().splitlines()) if marks.exists() else 0
-
-
-async def wait_exit(process: subprocess.Popen[bytes], within: float) -> int:
-    await wait_for(lambda: process.poll() is not None, timeout=within, message="poller exited")
-    return process.returncode
 
 
 async def make_queue(endpoint: str, prefix: str, count: int) -> tuple[Any, str, list[str]]:
@@ -92,17 +69,7 @@ async def make_queue(endpoint: str, prefix: str, count: int) -> tuple[Any, str, 
 
 async def queue_is_empty(session: Any, endpoint: str, url: str) -> bool:
     async with session.create_client("sqs", region_name="us-east-1", endpoint_url=endpoint) as sqs:
-        attributes = (
-            await sqs.get_queue_attributes(
-                QueueUrl=url,
-                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-            )
-        )["Attributes"]
-    return (
-        attributes["ApproximateNumberOfMessages"]
-        == "0"
-        == attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
+        return await sqs_queue_is_empty(sqs, url)
 
 
 async def test_kill_9_mid_batch_then_restart_loses_nothing(moto_endpoint: str, tmp_path: Path) -> None:
@@ -112,19 +79,16 @@ async def test_kill_9_mid_batch_then_restart_loses_nothing(moto_endpoint: str, t
     )
     record_file = tmp_path / "handled.jsonl"
     first = start_poller(config, record_file, 0.2)
-    try:
-        await wait_for(lambda: len(handled(record_file)) >= 60, timeout=60, message="first messages handled")
-        # Kill while a batch is inside the handler: more batches started than finished.
-        await wait_for(
-            lambda: started_batches(record_file) * 10 > len(handled(record_file)),
-            timeout=10,
-            message="mid-batch",
-        )
-        first.send_signal(signal.SIGKILL)
-        assert await wait_exit(first, 10) == -signal.SIGKILL
-    finally:
-        if first.poll() is None:
-            first.kill()
+    # Kill while a batch is inside the handler: more batches started than finished.
+    code = await kill_9_mid_batch(
+        first,
+        record_file,
+        lambda: len(handled(record_file)),
+        batch_size=10,
+        after=60,
+        message="first messages handled",
+    )
+    assert code == -signal.SIGKILL
     before_restart = len(handled(record_file))
     assert before_restart < 200
     second = start_poller(config, record_file, 0.0)
@@ -134,7 +98,7 @@ async def test_kill_9_mid_batch_then_restart_loses_nothing(moto_endpoint: str, t
         await wait_for(lambda: queue_is_empty(session, moto_endpoint, url), timeout=30, message="queue empty")
     finally:
         second.send_signal(signal.SIGTERM)
-        assert await wait_exit(second, 30) == 0, config.with_suffix(".log").read_text()
+        assert await wait_exit(second, 30) == 0, poller_log(config)
     seen = handled(record_file)
     assert set(seen) == set(bodies), "no message lost"
     # Duplicates only from what the killed process held in flight (at most 2 x 2 x 10 messages),
@@ -155,14 +119,11 @@ async def test_sigterm_finishes_the_batch_and_hands_back_the_rest_at_once(
     )
     record_file = tmp_path / "handled.jsonl"
     process = start_poller(config, record_file, 3.0)
-    try:
-        await wait_for(lambda: started_batches(record_file) >= 1, timeout=60, message="a slow batch started")
-        process.send_signal(signal.SIGTERM)
-        assert await wait_exit(process, 30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-    log = config.with_suffix(".log").read_text()
+    code = await sigterm_once(
+        process, lambda: started_batches(record_file) >= 1, within=60, message="a slow batch started"
+    )
+    assert code == 0
+    log = poller_log(config)
     assert "draining" in log
     assert handled(record_file)
     assert started_batches(record_file, ".finished") == started_batches(record_file), (

@@ -94,4 +94,3 @@ def test_dockerfile_copies_paths_that_exist_and_runs_as_non_root() -> None:
     assert re.search(r'^ENTRYPOINT \["poller"\]', dockerfile, re.MULTILINE), (
         "exec form, so SIGTERM reaches poller"
     )
-

@@ -88,6 +88,9 @@ async def test_handler_gets_its_own_copy_of_the_event() -> None:
     event = {"records": {"t-0": [{"offset": 1}]}}
     assert await runtime("mutate").invoke(event) is None
     assert event == {"records": {"t-0": [{"offset": 1}]}}
+    # A fresh event (built for this invocation by an EventFormat) is handed over as it is.
+    assert await runtime("mutate").invoke(event, fresh=True) is None
+    assert event == {"records": {}}
 
 
 async def test_unserialisable_result_and_thread_exit_are_failed_invocations() -> None:

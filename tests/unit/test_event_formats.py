@@ -1,0 +1,42 @@
+"""Every source's event belongs to the handler: building it twice gives two independent events,
+and nothing a handler does to one reaches the records that are retried or dead-lettered."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+
+from poller.samples import sample_records
+
+
+def scramble(value: Any) -> None:
+    """Change every dict and list inside a JSON value, innermost first, as a careless handler might."""
+    if isinstance(value, dict):
+        for item in value.values():
+            scramble(item)
+        for key in list(value):
+            value[key] = "changed"
+        value["added"] = True
+    elif isinstance(value, list):
+        for item in value:
+            scramble(item)
+        value.append("added")
+        value.reverse()
+
+
+@pytest.mark.parametrize("source_type", ["kafka", "sqs", "kinesis", "rabbitmq"])
+def test_each_event_is_new_json_that_the_handler_may_change(source_type: str) -> None:
+    event_format, records = sample_records(source_type)
+    payloads = copy.deepcopy([record.payload for record in records])
+    event = event_format.event(records)
+    # Only JSON types: the runtime hands these events over without a JSON round trip.
+    assert orjson.loads(orjson.dumps(event)) == event
+    expected = copy.deepcopy(event)
+
+    scramble(event)
+
+    assert [record.payload for record in records] == payloads
+    assert event_format.event(records) == expected
