@@ -152,12 +152,18 @@ class FunctionRuntime:
 
     async def _invoke(self, own_event: dict[str, Any], context: LambdaContext) -> Any:
         context.deadline = time.monotonic() + self.config.timeout
+        # asyncio.timeout rather than wait_for: no task per invocation, and it tells the function's
+        # own timeout apart from a TimeoutError that the handler raised itself.
+        deadline = asyncio.timeout(self.config.timeout)
         try:
-            if self._is_async:
-                result = await asyncio.wait_for(self._handler(own_event, context), self.config.timeout)
-            else:
-                result = await asyncio.wait_for(self._run_in_thread(own_event, context), self.config.timeout)
-        except TimeoutError:
+            async with deadline:
+                if self._is_async:
+                    result = await self._handler(own_event, context)
+                else:
+                    result = await self._run_in_thread(own_event, context)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                return InvocationError.from_exception(exc)
             return InvocationError(
                 "Sandbox.Timedout",
                 f"Task timed out after {self.config.timeout:.2f} seconds",

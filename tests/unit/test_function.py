@@ -55,6 +55,12 @@ async def test_async_handler_past_its_timeout_fails_as_sandbox_timedout() -> Non
     assert result.error_type == "Sandbox.Timedout"
 
 
+async def test_a_timeout_the_handler_raises_itself_is_its_own_error() -> None:
+    result = await runtime("own_timeout", timeout=5).invoke({})
+    assert isinstance(result, InvocationError)
+    assert (result.error_type, result.message) == ("TimeoutError", "the handler's own HTTP call timed out")
+
+
 async def test_sync_handler_runs_off_the_event_loop_and_times_out() -> None:
     function = runtime("sleep_sync", timeout=1)
     ticks = 0
