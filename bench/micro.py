@@ -93,7 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=7, help="timeit repeats; the best is reported")
     parser.add_argument("--seconds", type=float, default=0.2, help="about how long each repeat runs")
+    parser.add_argument(
+        "--run",
+        metavar="CASE",
+        help="only run this case --times times, untimed: for instruction counts under "
+        "valgrind --tool=callgrind (see docs/benchmarks.md)",
+    )
+    parser.add_argument("--times", type=int, default=20, help="how often --run runs its case")
     args = parser.parse_args(argv)
+    if args.run is not None:
+        _, work = cases()[args.run]
+        for _ in range(args.times):
+            work()
+        return 0
     print(f"{'case':40} {'us/batch':>10} {'us/record':>10}")
     for name, (records, work) in cases().items():
         timer = timeit.Timer(work)
