@@ -67,7 +67,11 @@ class Source(Protocol):
         """Wait up to about half a second for records; an empty list when there are none."""
 
     async def commit(self, records: Sequence[Record]) -> None:
-        """Make these records' completion durable (offset commit, delete, ack). Raises SourceError."""
+        """Make these records' completion durable (offset commit, delete, ack). Raises SourceError.
+
+        Called only once the records completed. A source may make it durable a little later, in the
+        background (Kafka coalesces commits), provided close() and a revocation make durable what
+        was handed over before they return."""
 
     async def close(self) -> None:
         """Leave the group / close the connection. Never raises."""

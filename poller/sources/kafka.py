@@ -31,6 +31,8 @@ PREFETCH_BACKOFF = 0.005  # seconds; see _shorten_prefetch_backoff
 CLOSE_TIMEOUT = 10.0  # leaving the group; a broker that is gone would make it wait forever
 HEALTH_PROBE_INTERVAL = 10.0  # seconds without records before asking the broker for metadata
 HEALTH_PROBE_TIMEOUT = 5.0
+# Backoff of the committer after a failed commit request, in seconds.
+COMMIT_RETRY_FIRST, COMMIT_RETRY_MAX = 1.0, 30.0
 
 # What one record adds to the event's JSON besides its key, value and headers.
 _RECORD_OVERHEAD = 160
@@ -173,7 +175,9 @@ class KafkaSource:
         self._last_contact = time.monotonic()
         self._resumed = asyncio.Event()
         self._to_commit: dict[TopicPartition, int] = {}  # offsets of finished lanes, not yet sent
-        self._commit_lock = asyncio.Lock()
+        self._commit_lock = asyncio.Lock()  # one commit request at a time
+        self._commit_wanted = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
 
     async def start(self, listener: LaneListener) -> None:
         options = client_options(self.connection)
@@ -207,6 +211,7 @@ class KafkaSource:
         _shorten_prefetch_backoff(consumer)
         consumer.subscribe(self.config.topics, listener=_Rebalance(self, consumer, listener))
         self._consumer = consumer
+        self._committer = asyncio.create_task(self._commit_continuously(), name=f"{self.name}:commits")
         log.info(
             "mapping %s: consuming %s as group %s", self.name, ",".join(self.config.topics), self.group_id
         )
@@ -259,43 +264,71 @@ class KafkaSource:
         self._last_contact = time.monotonic()
 
     async def commit(self, records: Sequence[Record]) -> None:
-        """Commit these offsets, sharing the OffsetCommit request with lanes that finish meanwhile.
+        """Queue these offsets for the committer task, which sends them with whatever else finished
+        meanwhile, and return without waiting for the broker.
 
-        aiokafka sends one commit at a time (a lock in its group coordinator), so lanes that finish
-        together queue for round trips. Here each caller adds its offsets to ``_to_commit`` and
-        then the first to get the lock sends everything added so far; one that finds its offsets
-        carried by an earlier request returns without a request of its own. Each returns only once
-        a request holding its offsets succeeded, as before."""
+        A commit costs aiokafka a round trip and about 200 µs of CPU; waiting for one after every
+        batch made small batches commit-bound (docs/benchmarks.md). At least once still holds:
+        offsets are queued only once their records completed, one request is in flight at a
+        time and the next carries everything finished meanwhile, and both a revocation and
+        close() flush the queue before the partitions are given up. A crash repeats what
+        completed since the last successful request: at most a round trip's worth of batches
+        more than those in flight."""
         offsets: dict[TopicPartition, int] = {}
         for record in records:
             tp = _topic_partition(record.partition)
             offsets[tp] = max(offsets.get(tp, 0), record.position + 1)
         self._add_to_commit(offsets)
+        self._commit_wanted.set()
+
+    async def flush_commits(self) -> None:
+        """Send every queued offset of an assigned partition; return once a request carrying them
+        succeeded, or the group moved on (the partitions' new owner reads from the last commit).
+        Raises SourceError if the broker failed the request; the offsets stay queued."""
         async with self._commit_lock:
-            if all(self._committed.get(tp, -1) >= offset for tp, offset in offsets.items()):
-                return  # a request sent while this caller waited for the lock carried them
             consumer = self._require_consumer()
             assigned = consumer.assignment()
-            # Again, in case a failed request took them out of _to_commit.
-            self._add_to_commit(offsets)
-            # Never a partition this member gave up: its new owner commits it now.
             request = {tp: offset for tp, offset in self._to_commit.items() if tp in assigned}
-            self._to_commit = {}
-            if any(tp not in assigned for tp in offsets):
+            if len(request) < len(self._to_commit):
                 log.warning(
-                    "mapping %s: commit of %s refused after a rebalance: not assigned", self.name, offsets
+                    "mapping %s: offsets of partitions no longer assigned not committed: %s",
+                    self.name,
+                    {tp: offset for tp, offset in self._to_commit.items() if tp not in assigned},
                 )
+            self._to_commit = {}
             if not request:
                 return
             try:
                 await consumer.commit(request)
-                self._committed.update(request)
             except (CommitFailedError, IllegalStateError) as exc:
                 # The group moved on: these partitions belong to another member now, which re-reads
                 # from the last commit. At least once, so this loses nothing.
                 log.warning("mapping %s: commit of %s refused after a rebalance: %s", self.name, request, exc)
-            except KafkaError as exc:
-                raise SourceError(f"Kafka commit failed: {exc}") from exc
+                return
+            except BaseException as exc:
+                self._add_to_commit(request)  # also when cancelled: close() flushes them
+                if isinstance(exc, KafkaError):
+                    raise SourceError(f"Kafka commit failed: {exc}") from exc
+                raise
+            self._committed.update(request)
+
+    async def _commit_continuously(self) -> None:
+        """The committer task: flush whenever offsets were queued; after a failure, try again with
+        backoff (the offsets stay queued, and later ones join them). It never ends by itself: a
+        committer that died would leave every later offset uncommitted until close()."""
+        delay = COMMIT_RETRY_FIRST
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            try:
+                await self.flush_commits()
+            except Exception as exc:  # logged, and the offsets are sent again
+                log.warning("mapping %s: %s; committing again in %.0f s", self.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(COMMIT_RETRY_MAX, delay * 2)
+                self._commit_wanted.set()
+            else:
+                delay = COMMIT_RETRY_FIRST
 
     def _add_to_commit(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():
@@ -327,7 +360,19 @@ class KafkaSource:
         return lags
 
     async def close(self) -> None:
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
         if self._consumer is not None:
+            try:
+                # What finished before the drain ended is committed before the group is left.
+                await asyncio.wait_for(self.flush_commits(), CLOSE_TIMEOUT)
+            except (SourceError, TimeoutError) as exc:
+                log.warning(
+                    "mapping %s: last offsets not committed (%s); they are read again", self.name, exc
+                )
             await _stop_quietly(self._consumer)
             self._consumer = None
 
@@ -365,6 +410,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # (the contract in aiokafka's ConsumerRebalanceListener docstring).
         if revoked:
             await self.listener.partitions_revoked([lane_name(tp.topic, tp.partition) for tp in revoked])
+            try:
+                await self.source.flush_commits()
+            except SourceError as exc:
+                log.warning(
+                    "mapping %s: %s; the partitions' next owner reads them again", self.source.name, exc
+                )
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         log.info(

@@ -1,6 +1,7 @@
-"""KafkaSource.commit shares OffsetCommit requests between lanes without weakening them: a caller
-returns only once a successful request carried its offsets, and never commits a partition that
-is no longer assigned."""
+"""KafkaSource commits in the background without weakening at least once: offsets are queued once
+their records completed, one request is in flight at a time and the next carries what finished
+meanwhile, a failed request's offsets are sent again, a partition no longer assigned is never
+committed, and close() commits what is queued before leaving."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from aiokafka.errors import KafkaConnectionError
 
 from poller.config import KafkaConnection, Mapping
 from poller.config import KafkaSource as KafkaSourceConfig
-from poller.errors import SourceError
 from poller.records import Record
+from poller.sources import kafka as kafka_module
 from poller.sources.kafka import KafkaSource
 
 
@@ -25,9 +26,13 @@ class FakeConsumer:
         self.requests: list[dict[TopicPartition, int]] = []
         self.outcomes: list[asyncio.Future[None]] = []
         self.sent = asyncio.Event()
+        self.stopped = False
 
     def assignment(self) -> set[TopicPartition]:
         return self.assigned
+
+    async def stop(self) -> None:
+        self.stopped = True
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.requests.append(dict(offsets))
@@ -41,6 +46,13 @@ def source(consumer: FakeConsumer) -> KafkaSource:
     mapping = Mapping(function_name="f", source=KafkaSourceConfig(type="kafka", connection="k", topics=["t"]))
     kafka = KafkaSource("m", mapping, KafkaConnection(type="kafka", bootstrap_servers="x:9092"))
     kafka._consumer = consumer
+    return kafka
+
+
+def committing(consumer: FakeConsumer) -> KafkaSource:
+    """A source on ``consumer`` with its committer task running, as after start()."""
+    kafka = source(consumer)
+    kafka._committer = asyncio.create_task(kafka._commit_continuously())
     return kafka
 
 
@@ -62,56 +74,61 @@ async def settle(consumer: FakeConsumer, index: int, error: BaseException | None
     await asyncio.sleep(0)
 
 
-async def test_lanes_finishing_during_a_commit_share_the_next_request() -> None:
+async def test_commit_returns_at_once_and_offsets_finished_meanwhile_share_the_next_request() -> None:
     consumer = FakeConsumer(3)
-    kafka = source(consumer)
-    first = asyncio.ensure_future(kafka.commit([record(0, 9)]))
+    kafka = committing(consumer)
+    await kafka.commit([record(0, 9)])  # queued: it does not wait for the broker
     await asyncio.sleep(0)
-    later = [asyncio.ensure_future(kafka.commit([record(p, 19)])) for p in (1, 2)]
-    await asyncio.sleep(0)
-    assert not any(task.done() for task in [first, *later])
+    await kafka.commit([record(1, 19)])
+    await kafka.commit([record(2, 19), record(2, 29)])
     await settle(consumer, 0)
-    assert first.done()
-    assert not any(task.done() for task in later), "not carried by the first request"
     await settle(consumer, 1)
-    await asyncio.gather(first, *later)
+    await kafka.flush_commits()  # nothing left to send
     assert consumer.requests == [
         {TopicPartition("t", 0): 10},
-        {TopicPartition("t", 1): 20, TopicPartition("t", 2): 20},
+        {TopicPartition("t", 1): 20, TopicPartition("t", 2): 30},
     ]
+    assert kafka._committed == {TopicPartition("t", p): o for p, o in ((0, 10), (1, 20), (2, 30))}
+    await kafka.close()
 
 
-async def test_a_failed_request_fails_its_caller_and_the_others_send_again() -> None:
-    consumer = FakeConsumer(3)
-    kafka = source(consumer)
-    first = asyncio.ensure_future(kafka.commit([record(0, 4)]))
+async def test_a_failed_request_keeps_its_offsets_for_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kafka_module, "COMMIT_RETRY_FIRST", 0.0)
+    consumer = FakeConsumer(2)
+    kafka = committing(consumer)
+    await kafka.commit([record(0, 4)])
     await asyncio.sleep(0)
-    second = asyncio.ensure_future(kafka.commit([record(1, 7)]))
-    third = asyncio.ensure_future(kafka.commit([record(2, 7)]))
-    await settle(consumer, 0)
-    await first
-    # The second caller's request carries the third's offsets too, and fails.
-    await settle(consumer, 1, KafkaConnectionError("gone"))
-    with pytest.raises(SourceError):
-        await second
-    # The third was in it, so it was not committed: it sends its own.
-    await settle(consumer, 2)
-    await third
+    await kafka.commit([record(1, 7)])
+    await settle(consumer, 0, KafkaConnectionError("gone"))
+    await settle(consumer, 1)
     assert consumer.requests == [
         {TopicPartition("t", 0): 5},
-        {TopicPartition("t", 1): 8, TopicPartition("t", 2): 8},
-        {TopicPartition("t", 2): 8},
+        {TopicPartition("t", 0): 5, TopicPartition("t", 1): 8},
     ]
+    await kafka.close()
 
 
 async def test_a_partition_given_up_meanwhile_is_not_committed() -> None:
     consumer = FakeConsumer(2)
-    kafka = source(consumer)
-    first = asyncio.ensure_future(kafka.commit([record(0, 1)]))
+    kafka = committing(consumer)
+    await kafka.commit([record(0, 1)])
     await asyncio.sleep(0)
-    revoked = asyncio.ensure_future(kafka.commit([record(1, 1)]))
-    await asyncio.sleep(0)
+    await kafka.commit([record(1, 1)])
     consumer.assigned = {TopicPartition("t", 0)}
     await settle(consumer, 0)
-    await asyncio.gather(first, revoked)
+    await kafka.flush_commits()
     assert consumer.requests == [{TopicPartition("t", 0): 2}]
+    await kafka.close()
+
+
+async def test_close_commits_everything_queued_even_a_request_cut_short() -> None:
+    consumer = FakeConsumer(2)
+    kafka = committing(consumer)
+    await kafka.commit([record(0, 4)])
+    await asyncio.sleep(0)  # the committer's request is on the way
+    await kafka.commit([record(1, 7)])
+    closing = asyncio.ensure_future(kafka.close())
+    await settle(consumer, 1)  # close() cancelled the first request and sends everything again
+    await closing
+    assert consumer.requests[1] == {TopicPartition("t", 0): 5, TopicPartition("t", 1): 8}
+    assert consumer.stopped
