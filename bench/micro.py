@@ -21,7 +21,7 @@ from typing import Any
 from aiokafka.structs import ConsumerRecord
 
 from poller.sources.kafka import KafkaEventFormat
-from poller.sources.kafka import to_record as kafka_record
+from poller.sources.kafka import to_records as kafka_records_of
 from poller.sources.sqs_event import QueueInfo, SqsEventFormat
 from poller.sources.sqs_event import to_record as sqs_record
 
@@ -69,16 +69,16 @@ def cases() -> dict[str, tuple[int, Callable[[], object]]]:
     """name -> (records per batch, the work of one batch)."""
     kafka = kafka_messages(500)
     kafka_format = KafkaEventFormat("127.0.0.1:9092")
-    kafka_records = [kafka_record(message, "bench-0") for message in kafka]
+    kafka_records = kafka_records_of(kafka, "bench-0")
     sqs = sqs_messages(100)
     sqs_format = SqsEventFormat()
     sqs_records = [sqs_record(message, QUEUE, "bench#0") for message in sqs]
     return {
-        "kafka 500: messages -> records": (500, lambda: [kafka_record(m, "bench-0") for m in kafka]),
+        "kafka 500: messages -> records": (500, lambda: kafka_records_of(kafka, "bench-0")),
         "kafka 500: records -> event": (500, lambda: kafka_format.event(kafka_records)),
         "kafka 500: all of it": (
             500,
-            lambda: kafka_format.event([kafka_record(m, "bench-0") for m in kafka]),
+            lambda: kafka_format.event(kafka_records_of(kafka, "bench-0")),
         ),
         "sqs 100: messages -> records": (100, lambda: [sqs_record(m, QUEUE, "bench#0") for m in sqs]),
         "sqs 100: records -> event": (100, lambda: sqs_format.event(sqs_records)),

@@ -73,44 +73,45 @@ def signed_bytes(value: bytes | None) -> list[int]:
     return memoryview(value).cast("b").tolist() if value else []
 
 
-def to_record(message: Any, lane: str | None = None) -> Record:
-    """An aiokafka ConsumerRecord as a Record whose payload is the AWS event record.
+def to_records(messages: Sequence[Any], lane: str) -> list[Record]:
+    """aiokafka ConsumerRecords of one partition (its ``lane_name``) as Records whose payloads are
+    the AWS event records.
 
-    This runs once per record read, so it avoids what is per-record overhead in CPython 3.11
-    (comprehensions and generators are function calls there): headers, which most records lack,
-    are only looked at when present, and ``lane`` (``lane_name`` of the record's partition) may be
-    passed in by a caller converting a whole partition's messages."""
-    value = message.value
-    encoded = pybase64.b64encode_as_string(value) if value is not None else ""
-    size = _RECORD_OVERHEAD + len(encoded)
-    headers: list[dict[str, list[int]]] = []
-    if message.headers:
-        for name, data in message.headers:
-            headers.append({name: signed_bytes(data)})
-            size += 4 * (len(data or b"") + len(name))
-    payload: dict[str, Any] = {
-        "topic": message.topic,
-        "partition": message.partition,
-        "offset": message.offset,
-        "timestamp": message.timestamp,
-        "timestampType": "LOG_APPEND_TIME" if message.timestamp_type == 1 else "CREATE_TIME",
-        "value": encoded,
-        "headers": headers,
-    }
-    if message.key is not None:
-        payload["key"] = key = pybase64.b64encode_as_string(message.key)
-        size += len(key)
-    if lane is None:
-        lane = lane_name(message.topic, message.partition)
-    return Record(
-        partition=lane,
-        lane=lane,
-        position=message.offset,
-        item_key=(lane, message.offset),
-        payload=payload,
-        size=size,
-        timestamp=message.timestamp / 1000,
-    )
+    This runs once per record read, the poller's hottest loop (docs/benchmarks.md), so it is one
+    plain loop with its callables in locals rather than a function call per record, and headers,
+    which most records lack, are only looked at when present."""
+    encode, make = pybase64.b64encode_as_string, Record
+    records: list[Record] = []
+    append = records.append
+    for message in messages:
+        value, key, offset, timestamp = message.value, message.key, message.offset, message.timestamp
+        encoded = encode(value) if value is not None else ""
+        size = _RECORD_OVERHEAD + len(encoded)
+        headers: list[dict[str, list[int]]] = []
+        if message.headers:
+            for name, data in message.headers:
+                headers.append({name: signed_bytes(data)})
+                size += 4 * (len(data or b"") + len(name))
+        payload: dict[str, Any] = {
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": offset,
+            "timestamp": timestamp,
+            "timestampType": "LOG_APPEND_TIME" if message.timestamp_type == 1 else "CREATE_TIME",
+            "value": encoded,
+            "headers": headers,
+        }
+        if key is not None:
+            payload["key"] = encoded_key = encode(key)
+            size += len(encoded_key)
+        # Positional, in field order: partition, lane, position, item_key, payload, size, timestamp.
+        append(make(lane, lane, offset, (lane, offset), payload, size, timestamp / 1000))
+    return records
+
+
+def to_record(message: Any) -> Record:
+    """One aiokafka ConsumerRecord as a Record (see ``to_records``)."""
+    return to_records([message], lane_name(message.topic, message.partition))[0]
 
 
 class KafkaEventFormat:
@@ -248,8 +249,7 @@ class KafkaSource:
             await self._probe_broker(consumer)
         records: list[Record] = []
         for tp, messages in batches.items():
-            lane = lane_name(tp.topic, tp.partition)
-            records.extend([to_record(message, lane) for message in messages])
+            records += to_records(messages, lane_name(tp.topic, tp.partition))
         return records
 
     async def _probe_broker(self, consumer: AIOKafkaConsumer) -> None:

@@ -40,3 +40,16 @@ def test_each_event_is_new_json_that_the_handler_may_change(source_type: str) ->
 
     assert [record.payload for record in records] == payloads
     assert event_format.event(records) == expected
+
+
+def test_a_kafka_record_knows_its_partition_offset_and_size() -> None:
+    _, [first, second] = sample_records("kafka")
+    assert (first.partition, first.lane, first.position, first.item_key) == (
+        "orders-0",
+        "orders-0",
+        15,
+        ("orders-0", 15),
+    )
+    assert second.position == 16
+    assert first.timestamp == 1718000000.471  # the record's CreateTime, in seconds
+    assert first.size >= len(orjson.dumps(first.payload)), "no smaller than its JSON in the event"
