@@ -5,11 +5,11 @@ payload limit, or when ``window`` seconds have passed since its first record arr
 no clock of its own: the caller passes monotonic ``now`` values.
 
     batcher = Batcher(batch_size=100, window=0.5, max_bytes=MAX_PAYLOAD_BYTES)
-    batcher.add(record, now)
+    batcher.extend(records, now)  # records that arrived together
     if batcher.ready(now):
         records = batcher.take()
     else:
-        wait until batcher.deadline() or the next add
+        wait until batcher.deadline() or the next extend
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ class Batcher:
     def __len__(self) -> int:
         return len(self._records)
 
-    def add(self, record: Record, now: float) -> None:
-        self._records.append(record)
-        self._arrivals.append(now)
-        self._bytes += record.size
+    def extend(self, records: list[Record], now: float) -> None:
+        """Add records that arrived together."""
+        self._records += records
+        self._arrivals += [now] * len(records)
+        self._bytes += sum(map(_size, records))
 
     def ready(self, now: float) -> bool:
         if not self._records:

@@ -9,10 +9,12 @@ what it was given (SPEC section 6).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
 from collections.abc import Collection, Sequence
+from operator import attrgetter
 from typing import Any
 
 from poller.batching import Batcher
@@ -43,6 +45,7 @@ from poller.stats import MappingState
 from poller.telemetry import MappingInfo, Telemetry
 
 log = logging.getLogger(__name__)
+_lane_of = attrgetter("lane")
 
 RECONNECT_FIRST = 1.0
 RECONNECT_MAX = 30.0
@@ -190,27 +193,23 @@ class MappingRunner:
 
     def _dispatch(self, records: Sequence[Record]) -> None:
         """Hand polled records to their lanes (opening new ones), track them for ordered commits,
-        and pause the lanes that are now full. Sources return a lane's records together, so the
-        lane is looked up, woken and checked once per run of its records, not once per record."""
+        and pause the lanes that are now full. Sources return a lane's records together, so each
+        run of one lane's records is handed over whole, not record by record."""
         self.stats.polled += len(records)
         now = time.monotonic()
-        trackers = self._trackers if self.source.ordered else None
-        touched: dict[str, Lane] = {}
-        lane: Lane | None = None
-        for record in records:
-            if self._revoking and record.partition in self._revoking:
-                continue
-            if lane is None or record.lane != lane.name:
-                lane = self._lanes.get(record.lane) or self._open_lane(record.lane, record.partition)
-                touched[lane.name] = lane
-            if trackers is not None:
-                tracker = trackers.get(record.partition)
-                if tracker is None:
-                    tracker = trackers[record.partition] = CommitTracker()
-                tracker.track(record)
-            lane.batcher.add(record, now)
         full: list[Lane] = []
-        for lane in touched.values():
+        for name, run in itertools.groupby(records, _lane_of):
+            mine = list(run)
+            first = mine[0]
+            if self._revoking and first.partition in self._revoking:
+                continue
+            lane = self._lanes.get(name) or self._open_lane(name, first.partition)
+            if self.source.ordered:
+                tracker = self._trackers.get(first.partition)
+                if tracker is None:
+                    tracker = self._trackers[first.partition] = CommitTracker()
+                tracker.track(mine)
+            lane.batcher.extend(mine, now)
             lane.wake()
             if not lane.paused and len(lane.batcher) >= self._high_water:
                 lane.paused = True
@@ -457,16 +456,10 @@ class MappingRunner:
         if lane.revoked or not records:
             return
         if self.source.ordered:
-            through: list[Record] = []
-            partitions = {record.partition for record in records}
-            for partition in partitions:
-                tracker = self._trackers.get(partition)
-                # A lane of a stream holds one partition: its records need no sorting out.
-                mine = records if len(partitions) == 1 else [r for r in records if r.partition == partition]
-                last = tracker.complete(mine) if tracker else None
-                if last is not None:
-                    through.append(last)
-            records = through
+            # A lane of a stream reads one partition, whose records commit in order.
+            tracker = self._trackers.get(lane.partition)
+            last = tracker.complete(records) if tracker else None
+            records = [last] if last is not None else []
         if records:
             try:
                 await self.source.commit(records)

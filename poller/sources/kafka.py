@@ -127,9 +127,12 @@ class KafkaEventFormat:
             if record.partition != partition:  # a batch is usually of one partition
                 partition = record.partition
                 entries = by_partition.setdefault(partition, [])
-            # New containers, so that the handler owns its event; only headers nest deeper.
-            payload = record.payload
-            entries.append({**payload, "headers": json_copy(payload["headers"])})
+            # New containers, so that the handler owns its event; only headers nest deeper. And
+            # dict.copy, which clones the table: several times faster than {**payload, ...}.
+            entry = record.payload.copy()
+            headers = entry["headers"]
+            entry["headers"] = json_copy(headers) if headers else []
+            entries.append(entry)
         return {
             "eventSource": "SelfManagedKafka",
             "bootstrapServers": self.bootstrap_servers,

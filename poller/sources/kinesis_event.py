@@ -84,10 +84,14 @@ def _iso(seconds: float) -> str:
 
 class KinesisEventFormat:
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
-        # New containers, so that the handler owns its event (EventFormat.event).
-        return {
-            "Records": [{**record.payload, "kinesis": {**record.payload["kinesis"]}} for record in records]
-        }
+        # New containers, so that the handler owns its event (EventFormat.event); dict.copy clones
+        # the table, several times faster than {**payload}.
+        entries = []
+        for record in records:
+            entry = record.payload.copy()
+            entry["kinesis"] = entry["kinesis"].copy()
+            entries.append(entry)
+        return {"Records": entries}
 
     def describe(self, records: Sequence[Record]) -> dict[str, Any]:
         """AWS's ``KinesisBatchInfo`` of the records (all of one shard), plus ``type``."""

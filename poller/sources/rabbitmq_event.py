@@ -306,10 +306,10 @@ class RabbitMQEventFormat:
         by_queue: dict[str, list[dict[str, Any]]] = {}
         for record in records:
             # New containers, so that the handler owns its event (EventFormat.event).
-            payload = record.payload
-            properties = payload["basicProperties"]
-            properties = {**properties, "headers": json_copy(properties["headers"])}
-            by_queue.setdefault(record.partition, []).append({**payload, "basicProperties": properties})
+            entry = record.payload.copy()
+            properties = entry["basicProperties"] = entry["basicProperties"].copy()
+            properties["headers"] = json_copy(properties["headers"])
+            by_queue.setdefault(record.partition, []).append(entry)
         return {
             "eventSource": "aws:rmq",
             "eventSourceArn": self.event_source_arn,

@@ -134,12 +134,13 @@ def to_record(message: dict[str, Any], queue: QueueInfo, lane: str) -> Record:
 
 
 def _fresh(payload: dict[str, Any]) -> dict[str, Any]:
-    """The event record with containers of its own (EventFormat.event)."""
-    return {
-        **payload,
-        "attributes": {**payload["attributes"]},
-        "messageAttributes": json_copy(payload["messageAttributes"]),
-    }
+    """The event record with containers of its own (EventFormat.event). ``dict.copy`` rather than
+    ``{**payload}``: it clones the table, several times faster on this hot path."""
+    fresh = payload.copy()
+    fresh["attributes"] = payload["attributes"].copy()
+    attributes = payload["messageAttributes"]
+    fresh["messageAttributes"] = json_copy(attributes) if attributes else {}
+    return fresh
 
 
 class SqsEventFormat:

@@ -393,9 +393,14 @@ async def test_fifo_groups_keep_their_order_under_failures_and_retries(sqs: Any,
         await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
         assert app.runners["m"].stats.dead_lettered == 0
     succeeded = sqs_handlers.SUCCEEDED[name]
+    # Every invocation, with each message's receive count: what to look at when the order breaks.
+    calls = [
+        [(r["body"], r["attributes"]["ApproximateReceiveCount"]) for r in call]
+        for call in sqs_handlers.CALLS[name]
+    ]
     for group in groups:
         order = [int(r["body"].split("-")[1]) for r in succeeded if r["body"].startswith(group + "-")]
-        assert order == list(range(8)), f"group {group} processed as {order}"
+        assert order == list(range(8)), f"group {group} processed as {order}; invocations: {calls}"
     receive_counts = {r["body"]: r["attributes"]["ApproximateReceiveCount"] for r in succeeded}
     assert receive_counts["alpha-2"] == "2"
     assert receive_counts["beta-5"] == "3"

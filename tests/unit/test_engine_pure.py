@@ -49,7 +49,7 @@ FAILED = Failed(InvocationError("ValueError", "boom"))
 def test_batch_ready_at_batch_size() -> None:
     batcher = Batcher(batch_size=3, window=10, max_bytes=1000)
     for i in range(4):
-        batcher.add(rec(i), now=0)
+        batcher.extend([rec(i)], now=0)
     assert batcher.ready(0)
     assert [r.position for r in batcher.take()] == [0, 1, 2]
     assert not batcher.ready(0)  # one record waits for its window
@@ -58,8 +58,8 @@ def test_batch_ready_at_batch_size() -> None:
 
 def test_batch_ready_when_window_passes_since_first_record() -> None:
     batcher = Batcher(batch_size=100, window=0.5, max_bytes=1000)
-    batcher.add(rec(0), now=1.0)
-    batcher.add(rec(1), now=1.4)
+    batcher.extend([rec(0)], now=1.0)
+    batcher.extend([rec(1)], now=1.4)
     assert not batcher.ready(1.49)
     assert batcher.ready(1.5)
     assert len(batcher.take()) == 2
@@ -68,7 +68,7 @@ def test_batch_ready_when_window_passes_since_first_record() -> None:
 def test_batch_closes_before_payload_limit() -> None:
     batcher = Batcher(batch_size=100, window=10, max_bytes=100)
     for i in range(5):
-        batcher.add(rec(i, size=40), now=0)
+        batcher.extend([rec(i, size=40)], now=0)
     assert batcher.ready(0)  # 200 bytes pending > 100
     assert [r.position for r in batcher.take()] == [0, 1]
     assert [r.position for r in batcher.take()] == [2, 3]
@@ -76,15 +76,15 @@ def test_batch_closes_before_payload_limit() -> None:
 
 def test_oversized_record_is_a_batch_of_its_own() -> None:
     batcher = Batcher(batch_size=100, window=0, max_bytes=100)
-    batcher.add(rec(0, size=500), now=0)
-    batcher.add(rec(1, size=10), now=0)
+    batcher.extend([rec(0, size=500)], now=0)
+    batcher.extend([rec(1, size=10)], now=0)
     assert [r.position for r in batcher.take()] == [0]
     assert [r.position for r in batcher.take()] == [1]
 
 
 def test_zero_window_is_ready_at_once() -> None:
     batcher = Batcher(batch_size=100, window=0, max_bytes=1000)
-    batcher.add(rec(0), now=5)
+    batcher.extend([rec(0)], now=5)
     assert batcher.ready(5)
 
 
@@ -222,6 +222,19 @@ def test_screen_takes_out_expired_and_too_large_records() -> None:
     assert [r.position for r in screened.batch.records] == [1]
 
 
+def test_screen_takes_out_a_lone_record_too_large_to_invoke() -> None:
+    screened = screen(Batch([rec(0, size=10**9, timestamp=990)]), now=1000.0, policy=policy(age=60))
+    assert screened.batch is None
+    assert [r.position for r in screened.too_large] == [0]
+
+
+def test_screen_keeps_a_batch_with_nothing_to_take_out() -> None:
+    batch = Batch([rec(i, timestamp=950 + i) for i in range(3)])
+    screened = screen(batch, now=1000.0, policy=policy(age=60))
+    assert screened.batch is batch
+    assert screened.expired == screened.too_large == []
+
+
 def test_screen_without_age_limit_keeps_old_records() -> None:
     batch = Batch([rec(0, timestamp=0)])
     assert screen(batch, now=10**9, policy=policy(age=-1)).batch is batch
@@ -234,12 +247,27 @@ def test_screen_without_age_limit_keeps_old_records() -> None:
 def test_checkpoint_advances_only_over_contiguous_completed_records() -> None:
     tracker = CommitTracker()
     records = [rec(i) for i in range(5)]
-    for record in records:
-        tracker.track(record)
+    tracker.track(records)
     assert tracker.complete([records[1], records[2]]) is None
     assert tracker.complete([records[0]]) is records[2]
     assert tracker.complete([records[4]]) is None
     assert tracker.complete([records[3]]) is records[4]
+    assert len(tracker) == 0
+
+
+def test_checkpoint_over_many_batches_in_order_and_out_of_order() -> None:
+    tracker = CommitTracker()
+    records = [rec(i) for i in range(5000)]
+    for start in range(0, 5000, 500):
+        tracker.track(records[start : start + 500])
+    # Whole batches in order, past the point where completed records are dropped from memory.
+    for start in range(0, 3000, 100):
+        assert tracker.complete(records[start : start + 100]) is records[start + 99]
+    assert len(tracker) == 2000
+    # Then one out of order: nothing passes it until the gap is filled.
+    assert tracker.complete(records[3100:3200]) is None
+    assert tracker.complete(records[3000:3100]) is records[3199]
+    assert tracker.complete(records[3200:5000]) is records[4999]
     assert len(tracker) == 0
 
 

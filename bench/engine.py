@@ -1,0 +1,145 @@
+"""The engine's own cost per record, without a broker: ``python -m bench.engine``.
+
+Runs the real :class:`~poller.runner.MappingRunner` (lanes, batching, ordered commits, spans, the
+function runtime with a no-op handler that only counts records) over an in-memory Kafka-shaped
+source whose ``poll`` converts fetched client messages as the Kafka source does. It reports the
+CPU time per record from a poll to a commit, which is what the poller adds to the client library
+(the raw loop's cost) in the broker benchmarks. One process and no I/O, so unlike those it is
+steady enough to compare two versions of the code (``PYTHONPATH=DIR`` with another ``poller``
+package) or to count instructions under callgrind. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import time
+from collections.abc import Collection, Sequence
+from typing import Any, ClassVar
+
+from bench.handlers import count
+from bench.micro import kafka_messages
+from poller.cli import GC_YOUNG_THRESHOLD, loop_factory
+from poller.config import Config
+from poller.function import FunctionRuntime
+from poller.records import Record
+from poller.runner import MappingRunner
+from poller.sources import LaneListener
+from poller.sources.kafka import KafkaEventFormat, to_records
+from poller.telemetry import configure_tracing
+
+TOPIC = "bench"
+_handled: dict[str, Any] = {}  # what `counted` has seen, and when to say that it has seen all
+
+
+async def counted(event: dict[str, Any], context: object) -> None:
+    """The no-op handler: counts the records, and sets ``done`` once all of them were handled."""
+    _handled["count"] += count(event)
+    if _handled["count"] >= _handled["target"]:
+        _handled["done"].set()
+
+
+class MemoryKafkaSource:
+    """Serves ``total`` records over ``partitions`` partitions: per poll, ``fetch`` messages of
+    every partition whose lane is not paused."""
+
+    ordered: ClassVar[bool] = True
+
+    def __init__(self, total: int, partitions: int, fetch: int) -> None:
+        self.format = KafkaEventFormat("127.0.0.1:9092")
+        self._messages = kafka_messages(fetch)
+        self._left = dict.fromkeys((f"{TOPIC}-{p}" for p in range(partitions)), total // partitions)
+        self._paused: set[str] = set()
+
+    async def start(self, listener: LaneListener) -> None:
+        pass
+
+    async def poll(self) -> list[Record]:
+        records: list[Record] = []
+        for lane, left in self._left.items():
+            if left and lane not in self._paused:
+                taken = self._messages[: min(left, len(self._messages))]
+                self._left[lane] = left - len(taken)
+                records += to_records(taken, lane)
+        if not records:
+            await asyncio.sleep(0.001)  # every lane paused or served: let the lanes work
+        return records
+
+    async def commit(self, records: Sequence[Record]) -> None:
+        pass
+
+    def pause(self, lanes: Collection[str]) -> None:
+        self._paused.update(lanes)
+
+    def resume(self, lanes: Collection[str]) -> None:
+        self._paused.difference_update(lanes)
+
+    async def close(self) -> None:
+        pass
+
+
+async def run(total: int, partitions: int, fetch: int, batch_size: int) -> float:
+    """CPU seconds of the process for ``total`` records from first poll to the last invocation."""
+    config = Config.model_validate(
+        {
+            "connections": {"k": {"type": "kafka", "bootstrap_servers": "127.0.0.1:9092"}},
+            "functions": {"fn": {"handler": "bench.engine:counted"}},
+            "mappings": {
+                "m": {
+                    "function_name": "fn",
+                    "source": {"type": "kafka", "connection": "k", "topics": [TOPIC]},
+                    "batch_size": batch_size,
+                }
+            },
+            "admin": {"port": 0},
+        }
+    )
+    mapping = config.mappings["m"]
+    function = FunctionRuntime("fn", config.functions["fn"])
+    source = MemoryKafkaSource(total, partitions, fetch)
+    runner = MappingRunner("m", mapping, source, function, None)  # type: ignore[arg-type]
+    # The function runtime imports the handler as bench.engine, which is not this module when
+    # run as ``python -m bench.engine`` (then it is __main__): talk to that one.
+    from bench import engine
+
+    handled = engine._handled
+    handled.update(count=0, target=total, done=asyncio.Event())
+    started = time.process_time()
+    task = asyncio.create_task(runner.run())
+    await handled["done"].wait()
+    used = time.process_time() - started
+    runner.stop()
+    await task
+    return used
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--fetch", type=int, default=500, help="messages per partition and poll")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=5, help="runs; the best is reported")
+    args = parser.parse_args(argv)
+    # As `poller run` sets them up: tracing (from the OTEL_* variables), its event loop and its
+    # garbage collector settings.
+    configure_tracing()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
+    runs = []
+    for _ in range(args.repeat):
+        with asyncio.Runner(loop_factory=loop_factory()) as loop:
+            runs.append(loop.run(run(args.records, args.partitions, args.fetch, args.batch_size)))
+    per_record = min(runs) / args.records * 1e6
+    print(
+        f"engine, kafka-shaped, {args.partitions} partitions, batch {args.batch_size}: "
+        f"{per_record:.2f} us CPU per record (best of {args.repeat}; runs "
+        + ", ".join(f"{run / args.records * 1e6:.2f}" for run in runs)
+        + ")"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
