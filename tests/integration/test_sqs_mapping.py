@@ -1,10 +1,11 @@
 """The SQS event source mapping and the SQS, SNS and S3 destinations against the moto server.
 
-moto's SQS differs from SQS in two ways these tests work around (``reference/brokers.md``): each call
-costs time in proportion to the queue's depth, so messages are sent in waves that keep it shallow;
-and concurrent ReceiveMessage calls may hand out the same message twice, so tests that count
+moto's SQS differs from SQS in three ways these tests work around (``reference/brokers.md``): each
+call costs time in proportion to the queue's depth, so messages are sent in waves that keep it
+shallow; concurrent ReceiveMessage calls may hand out the same message twice, so tests that count
 deliveries exactly run a single receiver (``max_receivers = 1``) and only the throughput test runs
-several.
+several; and its FIFO group lock can let later messages of a group overtake an earlier one that
+was handed back, which the FIFO test avoids (see ``UnhurriedRetries``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from support import mapping_config, serving, sqs_queue_is_empty, unique_name, wa
 from poller.app import App
 from poller.config import Config
 from poller.errors import SourceError
+from poller.retry import RetryPolicy
 from poller.sources.sqs import SqsSource
 
 pytestmark = pytest.mark.sqs
@@ -123,13 +126,35 @@ def source_of(app: App) -> SqsSource:
     return source
 
 
+@dataclass(frozen=True)
+class UnhurriedRetries(RetryPolicy):
+    """Hand-backs of at least two seconds. A FIFO message handed back with visibility 0 in the
+    same millisecond stays "pending" in moto (its visibility check is strict) until a receive looks
+    at it; a long poll that found nothing waits up to a second without looking. If the group's
+    earlier message, handed back for a second, becomes visible before that look, moto skips it
+    (its group still has a pending message), then clears the later ones and delivers them first.
+    SQS itself never lets a group's later messages pass an earlier one that is in flight; a
+    hand-back longer than moto's one-second wait makes sure a receive has looked in between."""
+
+    def backoff(self, retry: int) -> float:
+        return max(2.0, super().backoff(retry))
+
+
 @asynccontextmanager
-async def running(config: Config, *, receivers: int | None = 1) -> AsyncIterator[App]:
-    """Run the app; ``receivers`` caps concurrent ReceiveMessage calls (None: the product default)."""
+async def running(
+    config: Config, *, receivers: int | None = 1, unhurried_retries: bool = False
+) -> AsyncIterator[App]:
+    """Run the app; ``receivers`` caps concurrent ReceiveMessage calls (None: the product default),
+    and ``unhurried_retries`` hands messages back for at least two seconds (``UnhurriedRetries``)."""
     app = App(config, drain_timeout=10)
     source = source_of(app)
     if receivers is not None:
         source.max_receivers = receivers
+    if unhurried_retries:
+        runner = app.runners["m"]
+        runner.policy = UnhurriedRetries(
+            **{f.name: getattr(runner.policy, f.name) for f in fields(runner.policy)}
+        )
     async with serving(app):
         yield app
 
@@ -388,7 +413,7 @@ async def test_fifo_groups_keep_their_order_under_failures_and_retries(sqs: Any,
         bisect_batch_on_function_error=True,
         scaling_config={"maximum_concurrency": 3},
     )
-    async with running(config) as app:
+    async with running(config, unhurried_retries=True) as app:
         await wait_for(lambda: len(bodies_succeeded(name)) >= len(bodies), timeout=60, message="all handled")
         await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
         assert app.runners["m"].stats.dead_lettered == 0
