@@ -254,7 +254,7 @@ def tracer_provider_from_env() -> trace.TracerProvider | None:
     OTLP/HTTP only when an endpoint or exporter is configured, so an unconfigured service does not
     log export failures every few seconds. Without an exporter they are not recorded either (unless
     ``OTEL_TRACES_SAMPLER`` asks for it): recording two spans per batch for nobody cost about a
-    quarter of the engine's CPU at 100 records a batch (``python -m bench.engine``).
+    tenth of the engine's instructions at 100 records a batch (``python -m bench.engine``).
     """
     env = os.environ
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
