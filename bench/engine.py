@@ -5,22 +5,22 @@ function runtime with a no-op handler that only counts records) over an in-memor
 source whose ``poll`` converts fetched client messages as the Kafka source does. It reports the
 CPU time per record from a poll to a commit, which is what the poller adds to the client library
 (the raw loop's cost) in the broker benchmarks. One process and no I/O, so unlike those it is
-steady enough to compare two versions of the code (``PYTHONPATH=DIR`` with another ``poller``
-package) or to count instructions under callgrind. Not part of the test suite.
+steady enough to compare two versions of the code (run from outside the repository with
+``PYTHONPATH=DIR:REPO``, DIR holding another ``poller`` package) or to count instructions under
+callgrind. Not part of the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import time
 from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
 from bench.handlers import count
 from bench.micro import kafka_messages
-from poller.cli import GC_YOUNG_THRESHOLD, loop_factory
+from poller.cli import loop_factory, tune_garbage_collector
 from poller.config import Config
 from poller.function import FunctionRuntime
 from poller.records import Record
@@ -49,7 +49,8 @@ class MemoryKafkaSource:
     def __init__(self, total: int, partitions: int, fetch: int) -> None:
         self.format = KafkaEventFormat("127.0.0.1:9092")
         self._messages = kafka_messages(fetch)
-        self._left = dict.fromkeys((f"{TOPIC}-{p}" for p in range(partitions)), total // partitions)
+        share, extra = divmod(total, partitions)
+        self._left = {f"{TOPIC}-{p}": share + (p < extra) for p in range(partitions)}
         self._paused: set[str] = set()
 
     async def start(self, listener: LaneListener) -> None:
@@ -125,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     # As `poller run` sets them up: tracing (from the OTEL_* variables), its event loop and its
     # garbage collector settings.
     configure_tracing()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD)
+    tune_garbage_collector()
     runs = []
     for _ in range(args.repeat):
         with asyncio.Runner(loop_factory=loop_factory()) as loop:

@@ -137,12 +137,7 @@ def run_service(config: Any, drain_timeout: float) -> int:
         await serve(App(config, drain_timeout=drain_timeout))
 
     configure_tracing()
-    # Every record read allocates a few small containers, freed by reference counting as soon as
-    # its batch is done; the cyclic collector's passes over them and over everything the imports
-    # left behind only cost CPU (about a fifth of it at high rates). Exempt the start-up objects
-    # and run the young-generation pass less often; cycles are still collected.
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD)
+    tune_garbage_collector()
     try:
         # asyncio.Runner rather than asyncio.run: only it takes a loop factory on Python 3.11.
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
@@ -157,6 +152,15 @@ def run_service(config: Any, drain_timeout: float) -> int:
     finally:
         shutdown_tracing()
     return EXIT_OK
+
+
+def tune_garbage_collector() -> None:
+    """Every record read allocates a few small containers, freed by reference counting as soon as
+    its batch is done; the cyclic collector's passes over them and over everything the imports
+    left behind only cost CPU (about a fifth of it at high rates). Exempt the objects made so far
+    and run the young-generation pass less often; cycles are still collected."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

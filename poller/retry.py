@@ -22,7 +22,7 @@ RETRY_ATTEMPTS_EXHAUSTED = "RetryAttemptsExhausted"
 RECORD_AGE_EXCEEDED = "RecordAgeExceeded"
 RECORD_TOO_LARGE = "RecordTooLarge"
 
-_size, _timestamp = attrgetter("size"), attrgetter("timestamp")
+_timestamp = attrgetter("timestamp")
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
@@ -172,7 +172,7 @@ def screen(batch: Batch, now: float, policy: RetryPolicy, max_bytes: int = MAX_P
     # This runs before every attempt, so first the common case, in two C-level passes: no record
     # is too old, and all of them together fit (then none is too large on its own).
     fresh = max_age == -1 or now - min(map(_timestamp, records)) <= max_age
-    if fresh and sum(map(_size, records)) <= max_bytes:
+    if fresh and batch.size <= max_bytes:
         return Screened(batch, [], [])
     expired: list[Record] = []
     too_large: list[Record] = []

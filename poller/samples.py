@@ -11,7 +11,7 @@ from aiokafka.structs import ConsumerRecord
 from poller.records import Record
 from poller.sources import EventFormat
 from poller.sources import sqs_event as sqs
-from poller.sources.kafka import KafkaEventFormat, to_record
+from poller.sources.kafka import KafkaEventFormat, lane_name, to_records
 
 
 def sample_event(source_type: str) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def _kafka_sample() -> tuple[EventFormat, list[Record]]:
         )
         for offset in (15, 16)
     ]
-    return KafkaEventFormat("localhost:9092"), [to_record(message) for message in messages]
+    return KafkaEventFormat("localhost:9092"), to_records(messages, lane_name("orders", 0))
 
 
 def _sqs_sample() -> tuple[EventFormat, list[Record]]:

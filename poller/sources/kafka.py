@@ -111,11 +111,6 @@ def to_records(messages: Sequence[Any], lane: str) -> list[Record]:
     return records
 
 
-def to_record(message: Any) -> Record:
-    """One aiokafka ConsumerRecord as a Record (see ``to_records``)."""
-    return to_records([message], lane_name(message.topic, message.partition))[0]
-
-
 class KafkaEventFormat:
     def __init__(self, bootstrap_servers: str) -> None:
         self.bootstrap_servers = bootstrap_servers
