@@ -361,11 +361,19 @@ def poller_log(config: Path) -> str:
     return config.with_suffix(".log").read_text()
 
 
+def recorded_lines(record_file: Path) -> list[str]:
+    """The complete lines that a subprocess handler has appended to ``record_file`` so far: a line
+    still being written (no newline yet) is left for the next look."""
+    if not record_file.exists():
+        return []
+    text = record_file.read_text()
+    return [line for line in text[: text.rfind("\n") + 1].splitlines() if line]
+
+
 def started_batches(record_file: Path, suffix: str = ".started") -> int:
     """How many batches the subprocess handlers began: they add a line to ``record_file`` + ``suffix``
     as a batch starts (and, some, to ``.finished`` as it ends)."""
-    marks = Path(str(record_file) + suffix)
-    return len(marks.read_text().splitlines()) if marks.exists() else 0
+    return len(recorded_lines(Path(str(record_file) + suffix)))
 
 
 async def wait_exit(process: subprocess.Popen[bytes], within: float) -> int:

@@ -16,6 +16,7 @@ from support import (
     kill_9_mid_batch,
     poller_log,
     produce,
+    recorded_lines,
     sigterm_once,
     start_poller,
     started_batches,
@@ -51,9 +52,7 @@ def write_config(path: Path, bootstrap: str, topic: str, group: str, **mapping: 
 
 
 def lines(path: Path) -> list[tuple[int, int]]:
-    if not path.exists():
-        return []
-    return [tuple(json.loads(line)) for line in path.read_text().splitlines() if line]  # type: ignore[misc]
+    return [tuple(json.loads(line)) for line in recorded_lines(path)]  # type: ignore[misc]
 
 
 async def test_kill_9_mid_batch_then_restart_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:

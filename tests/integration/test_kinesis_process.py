@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from kinesis_helpers import aws_connection, create_stream, delete_created_streams, dynamodb_leases, put
-from support import spawn_poller, unique_name, wait_for
+from support import recorded_lines, spawn_poller, unique_name, wait_for
 
 pytestmark = pytest.mark.kinesis
 
@@ -64,9 +64,7 @@ def start_poller(config: Path, record_file: Path) -> subprocess.Popen[bytes]:
 
 
 def lines(path: Path) -> list[tuple[str, str]]:
-    if not path.exists():
-        return []
-    return [tuple(json.loads(line)[:2]) for line in path.read_text().splitlines() if line]  # type: ignore[misc]
+    return [tuple(json.loads(line)[:2]) for line in recorded_lines(path)]  # type: ignore[misc]
 
 
 def owners(leases: dict[str, dict[str, Any]]) -> Counter[str]:

@@ -13,6 +13,7 @@ from rabbitmq_support import declare, delete, depth, publish, unacked
 from support import (
     kill_9_mid_batch,
     poller_log,
+    recorded_lines,
     sigterm_once,
     start_poller,
     started_batches,
@@ -52,7 +53,7 @@ def write_config(path: Path, url: str, queue: str, batch_size: int) -> Path:
 
 
 def handled(record_file: Path) -> list[str]:
-    return record_file.read_text().splitlines() if record_file.exists() else []
+    return recorded_lines(record_file)
 
 
 async def test_kill_9_mid_batch_then_restart_loses_nothing(amqp_url: str, queue: str, tmp_path: Path) -> None:

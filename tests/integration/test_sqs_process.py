@@ -12,6 +12,7 @@ from aiobotocore.session import get_session
 from support import (
     kill_9_mid_batch,
     poller_log,
+    recorded_lines,
     sigterm_once,
     sqs_queue_is_empty,
     start_poller,
@@ -43,9 +44,7 @@ def write_config(path: Path, endpoint: str, queue: str, **mapping: Any) -> Path:
 
 
 def handled(record_file: Path) -> list[str]:
-    if not record_file.exists():
-        return []
-    return [json.loads(line) for line in record_file.read_text().splitlines() if line]
+    return [json.loads(line) for line in recorded_lines(record_file)]
 
 
 async def make_queue(endpoint: str, prefix: str, count: int) -> tuple[Any, str, list[str]]:

@@ -15,6 +15,7 @@ from support import (
     consume_all,
     create_topic,
     produce,
+    recorded_lines,
     unique_name,
     wait_for,
 )
@@ -139,3 +140,13 @@ async def test_committed_offsets_reads_what_a_group_committed(kafka_bootstrap: s
         await consumer.stop()
 
     assert await committed_offsets(kafka_bootstrap, group, topic, [0, 1]) == {0: None, 1: 3}
+
+
+def test_recorded_lines_leave_a_line_still_being_written_for_later(tmp_path: Path) -> None:
+    record_file = tmp_path / "handled.jsonl"
+    assert recorded_lines(record_file) == []
+    record_file.write_text('["shard-1", "1"]\n["shard-1", "2"]\n["shard-1", "3')
+    assert recorded_lines(record_file) == ['["shard-1", "1"]', '["shard-1", "2"]']
+    with record_file.open("a") as file:
+        file.write('"]\n')
+    assert recorded_lines(record_file)[-1] == '["shard-1", "3"]'
