@@ -25,7 +25,7 @@ import zipfile
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from poller.standins import LOOPBACK, StandIn, StandInError, port_open, start_kafka, start_kinesalite
+from poller.devtools.standins import LOOPBACK, StandIn, StandInError, port_open, start_kafka, start_kinesalite
 
 log = logging.getLogger(__name__)
 

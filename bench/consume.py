@@ -2,7 +2,7 @@
 
 Runs one of a source bench's own consumers (``raw``, ``faststream``) until SIGTERM, reporting
 progress through the file named by ``BENCH_PROGRESS``. It uses the same event loop as ``poller
-run`` (:func:`poller.cli.loop_factory`: uvloop when installed), so that the comparison is between consumers, not event loops.
+run`` (:func:`poller.app.loop_factory`: uvloop when installed), so that the comparison is between consumers, not event loops.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import orjson
 
 from bench.progress import Progress
 from bench.sources import load
-from poller.cli import loop_factory
+from poller.app import loop_factory
 
 
 async def _main(source: str, contender: str, spec: dict[str, object], latency: TextIO | None) -> None:

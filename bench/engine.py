@@ -20,14 +20,14 @@ from typing import Any, ClassVar
 
 from bench.handlers import count
 from bench.micro import kafka_messages
-from poller.cli import loop_factory, tune_garbage_collector
+from poller.app import loop_factory, tune_garbage_collector
 from poller.config import Config
-from poller.function import FunctionRuntime
-from poller.records import Record
-from poller.runner import MappingRunner
+from poller.engine.records import Record
+from poller.observability.tracing import configure_tracing
+from poller.runtime.function import FunctionRuntime
+from poller.runtime.runner import MappingRunner
 from poller.sources import LaneListener
-from poller.sources.kafka import KafkaEventFormat, to_records
-from poller.telemetry import configure_tracing
+from poller.sources.kafka.source import KafkaEventFormat, to_records
 
 TOPIC = "bench"
 _handled: dict[str, Any] = {}  # what `counted` has seen, and when to say that it has seen all

@@ -20,10 +20,10 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from poller.sources.kafka import KafkaEventFormat
-from poller.sources.kafka import to_records as kafka_records_of
-from poller.sources.sqs_event import QueueInfo, SqsEventFormat
-from poller.sources.sqs_event import to_record as sqs_record
+from poller.sources.kafka.source import KafkaEventFormat
+from poller.sources.kafka.source import to_records as kafka_records_of
+from poller.sources.sqs.event import QueueInfo, SqsEventFormat
+from poller.sources.sqs.event import to_record as sqs_record
 
 QUEUE = QueueInfo(
     url="https://sqs.us-east-1.amazonaws.com/000000000000/bench",

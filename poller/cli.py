@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
-import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from poller.errors import ConfigError, HandlerLoadError, PollerError
+from poller.errors import ConfigError, HandlerLoadError
 
 log = logging.getLogger("poller")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (CPython's default: 700)
 
 
 def _parser() -> argparse.ArgumentParser:
-    from poller.config_loader import default_config_path
+    from poller.config.loader import default_config_path
 
     parser = argparse.ArgumentParser(prog="poller", description="AWS Lambda-style event source mappings.")
     parser.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines on stderr")
@@ -55,14 +51,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from poller.logs import configure_logging
+    from poller.observability.logs import configure_logging
 
     configure_logging(args.log_format, args.log_level)
     try:
         if args.command == "validate":
             return _validate(args.config)
         if args.command == "sample-event":
-            from poller.samples import sample_event
+            from poller.devtools.samples import sample_event
 
             sys.stdout.write(
                 orjson.dumps(sample_event(args.source), option=orjson.OPT_INDENT_2).decode() + "\n"
@@ -73,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args.config, args.drain_timeout)
         if args.command == "dev":
-            from poller.dev import run_dev
+            from poller.devtools.dev import run_dev
 
-            return run_dev(args.config, args.drain_timeout)
+            return EXIT_OK if run_dev(args.config, args.drain_timeout) else EXIT_FAILURE
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -86,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(path: str) -> int:
-    from poller.config_loader import load_config
+    from poller.config.loader import load_config
 
     config = load_config(path)
     print(f"{path}: ok ({len(config.mappings)} mappings, {len(config.functions)} functions)")
@@ -94,9 +90,9 @@ def _validate(path: str) -> int:
 
 
 def _invoke(path: str, name: str, event_path: str) -> int:
-    from poller.config_loader import load_config
-    from poller.function import FunctionRuntime
-    from poller.outcome import InvocationError
+    from poller.config.loader import load_config
+    from poller.engine.outcome import InvocationError
+    from poller.runtime.function import FunctionRuntime
 
     config = load_config(path, check_handlers=False)
     if name not in config.functions:
@@ -122,62 +118,9 @@ def _invoke(path: str, name: str, event_path: str) -> int:
 
 
 def _run(path: str, drain_timeout: float) -> int:
-    from poller.config_loader import load_config
+    from poller.config.loader import load_config
 
     config = load_config(path)
-    return run_service(config, drain_timeout)
+    from poller.app import run_service
 
-
-def run_service(config: Any, drain_timeout: float) -> int:
-    """Run the service on a loaded config until a signal; the exit code of ``poller run``."""
-    from poller.app import App, serve
-    from poller.telemetry import configure_tracing, shutdown_tracing
-
-    async def main() -> None:
-        await serve(App(config, drain_timeout=drain_timeout))
-
-    configure_tracing()
-    tune_garbage_collector()
-    try:
-        # asyncio.Runner rather than asyncio.run: only it takes a loop factory on Python 3.11.
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(main())
-    except (PollerError, ExceptionGroup) as exc:
-        for error in _leaves(exc):
-            if isinstance(error, PollerError):
-                log.error("%s", error)
-            else:
-                log.error("unexpected error: %r", error, exc_info=error)
-        return EXIT_FAILURE
-    finally:
-        shutdown_tracing()
-    return EXIT_OK
-
-
-def tune_garbage_collector() -> None:
-    """Every record read allocates a few small containers, freed by reference counting as soon as
-    its batch is done; the cyclic collector's passes over them and over everything the imports
-    left behind only cost CPU (about a fifth of it at high rates). Exempt the objects made so far
-    and run the young-generation pass less often; cycles are still collected."""
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD)
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (``pip install 'poller[speed]'``), which makes the
-    network and task switching of the hot path cheaper; ``POLLER_EVENT_LOOP=asyncio`` keeps asyncio's
-    own. None means asyncio's default."""
-    if os.environ.get("POLLER_EVENT_LOOP", "").lower() == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
+    return EXIT_OK if run_service(config, drain_timeout) else EXIT_FAILURE

@@ -2,7 +2,7 @@
 
     python scripts/render_span_tree.py docs/span-tree.svg
 
-Needs a Kafka broker (KAFKA_BOOTSTRAP, default 127.0.0.1:9092; `python -m poller.standins start
+Needs a Kafka broker (KAFKA_BOOTSTRAP, default 127.0.0.1:9092; `python -m poller.devtools.standins start
 kafka` gives one). Produces 16 records, the 6th of them poisoned, runs a mapping with bisect on and
 one retry, collects the spans in memory and draws them as a waterfall, children under parents.
 """
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poller.app import App
 from poller.clock import Clock
 from poller.config import Config
-from poller.telemetry import Telemetry
+from poller.observability.tracing import Telemetry
 
 
 class QuickClock(Clock):

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from poller.standins import (
+from poller.devtools.standins import (
     KAFKA_PORT,
     KINESALITE_PORT,
     LOOPBACK,
@@ -27,7 +27,7 @@ from poller.standins import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The same directory as `python -m poller.standins`, so a CI trap's `stop` also finds a broker
+# The same directory as `python -m poller.devtools.standins`, so a CI trap's `stop` also finds a broker
 # left behind by a test run that was killed before its teardown.
 STATE_DIR = REPO_ROOT / ".brokers"
 

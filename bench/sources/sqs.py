@@ -25,7 +25,7 @@ from bench.handlers import SENT_AT
 from bench.progress import Progress
 from bench.sources import SourceBench, Target, Workload
 from bench.sources.aws import client, use_test_credentials
-from poller.standins import start_moto
+from poller.devtools.standins import start_moto
 
 MOTO_PORT = 14599
 FILL_CONCURRENCY = 8

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from poller.config import Config
-from poller.records import Record
+from poller.engine.records import Record
 
 
 class Destination(Protocol):

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from poller.aws import create_client
 from poller.config import AwsConnection
+from poller.connections.aws import create_client
 
 log = logging.getLogger(__name__)
 

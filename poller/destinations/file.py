@@ -12,8 +12,8 @@ import orjson
 
 from poller.config import Config
 from poller.config import FileDestination as FileDestinationConfig
+from poller.engine.records import Record
 from poller.errors import DestinationError
-from poller.records import Record
 
 
 class FileDestination:

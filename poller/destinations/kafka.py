@@ -18,10 +18,10 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from poller.config import Config, KafkaConnection
 from poller.config import KafkaDestination as KafkaDestinationConfig
+from poller.engine.records import Record
 from poller.errors import DestinationError
-from poller.records import Record
-from poller.sources.kafka import client_options
-from poller.telemetry import trace_headers
+from poller.observability.tracing import trace_headers
+from poller.sources.kafka.source import client_options
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from pamqp.commands import Basic
 
 from poller.config import Config, RabbitMQConnection
 from poller.config import RabbitMQDestination as RabbitMQDestinationConfig
+from poller.engine.records import Record
 from poller.errors import DestinationError, SourceError
-from poller.records import Record
-from poller.sources.rabbitmq import AMQP_ERRORS, OPERATION_TIMEOUT, close_quietly, connect
-from poller.telemetry import trace_headers
+from poller.observability.tracing import trace_headers
+from poller.sources.rabbitmq.source import AMQP_ERRORS, OPERATION_TIMEOUT, close_quietly, connect
 
 log = logging.getLogger(__name__)
 

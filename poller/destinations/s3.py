@@ -18,9 +18,9 @@ from urllib.parse import quote
 from poller.config import AwsConnection, Config
 from poller.config import S3Destination as S3DestinationConfig
 from poller.destinations._aws import LazyClient, encode
+from poller.engine.records import Record
 from poller.errors import DestinationError
-from poller.records import Record
-from poller.sources.sqs_event import AWS_ERRORS, error_text
+from poller.sources.sqs.event import AWS_ERRORS, error_text
 
 
 def object_key(prefix: str, mapping: str, partition: str, timestamp: str, unique: str | None = None) -> str:

@@ -15,9 +15,9 @@ from poller.config import AwsConnection, Config
 from poller.config import SnsDestination as SnsDestinationConfig
 from poller.destinations._aws import LazyClient, attributes_size, fit_message, message_attributes
 from poller.destinations.s3 import S3Writer, partition_of
+from poller.engine.records import Record
 from poller.errors import DestinationError
-from poller.records import Record
-from poller.sources.sqs_event import AWS_ERRORS, error_text
+from poller.sources.sqs.event import AWS_ERRORS, error_text
 
 SNS_MAX_MESSAGE_BYTES = 262_144
 

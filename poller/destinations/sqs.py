@@ -16,9 +16,9 @@ from poller.config import AwsConnection, Config
 from poller.config import SqsDestination as SqsDestinationConfig
 from poller.destinations._aws import LazyClient, attributes_size, fit_message, message_attributes
 from poller.destinations.s3 import S3Writer, partition_of
+from poller.engine.records import Record
 from poller.errors import DestinationError
-from poller.records import Record
-from poller.sources.sqs_event import AWS_ERRORS, QueueInfo, error_text, resolve_queue
+from poller.sources.sqs.event import AWS_ERRORS, QueueInfo, error_text, resolve_queue
 
 
 class SqsDestination:

@@ -22,7 +22,7 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from poller.sources.rabbitmq_retry import RETRY_TIERS_MS, retry_queue_name
+from poller.sources.rabbitmq.delay_queues import RETRY_TIERS_MS, retry_queue_name
 
 NODE = os.environ.get("RABBITMQ_NODENAME", "rabbit@localhost")
 MAPPING = "m"  # the mapping name every test config uses; delay queues are named after it

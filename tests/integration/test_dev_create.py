@@ -1,4 +1,4 @@
-"""The compose init step, `python -m poller.dev create`, against a real Kafka broker."""
+"""The compose init step, `python -m poller.devtools.dev create`, against a real Kafka broker."""
 
 from __future__ import annotations
 

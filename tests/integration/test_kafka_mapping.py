@@ -27,7 +27,7 @@ from support import (
 
 from poller.app import App
 from poller.config import Config
-from poller.standins import start_kafka
+from poller.devtools.standins import start_kafka
 
 pytestmark = pytest.mark.kafka
 
@@ -425,7 +425,7 @@ async def test_broker_gone_turns_readyz_false_and_back(
 ) -> None:
     import aiohttp
 
-    from poller.sources import kafka as kafka_source
+    from poller.sources.kafka import source as kafka_source
 
     monkeypatch.setattr(kafka_source, "HEALTH_PROBE_INTERVAL", 0.5)
     monkeypatch.setattr(kafka_source, "HEALTH_PROBE_TIMEOUT", 1.0)

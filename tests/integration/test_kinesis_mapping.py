@@ -31,7 +31,7 @@ from kinesis_helpers import (
 from support import FakeClock, running, unique_name, wait_for
 
 from poller.app import App
-from poller.sources.kinesis import KinesisSource
+from poller.sources.kinesis.source import KinesisSource
 
 pytestmark = pytest.mark.kinesis
 

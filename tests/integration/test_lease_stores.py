@@ -14,9 +14,9 @@ from support import unique_name
 
 from poller.config import AwsConnection
 from poller.errors import SourceError
-from poller.leases import SHARD_END, TRIM_HORIZON, Lease, LeaseStore
-from poller.leases.dynamodb import DynamoDBLeaseStore
-from poller.leases.sqlite import SqliteLeaseStore
+from poller.sources.kinesis.leases import SHARD_END, TRIM_HORIZON, Lease, LeaseStore
+from poller.sources.kinesis.leases.dynamodb import DynamoDBLeaseStore
+from poller.sources.kinesis.leases.sqlite import SqliteLeaseStore
 
 pytestmark = pytest.mark.kinesis
 

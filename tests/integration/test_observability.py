@@ -31,7 +31,7 @@ from support import (
 )
 from test_kafka_mapping import make_config
 
-from poller.telemetry import Telemetry
+from poller.observability.tracing import Telemetry
 
 pytestmark = pytest.mark.kafka
 

@@ -39,7 +39,7 @@ from yarl import URL
 from poller.app import App
 from poller.config import Config
 from poller.errors import SourceError
-from poller.sources.rabbitmq import RabbitMQSource
+from poller.sources.rabbitmq.source import RabbitMQSource
 
 pytestmark = pytest.mark.rabbitmq
 

@@ -28,9 +28,9 @@ from support import mapping_config, serving, sqs_queue_is_empty, unique_name, wa
 
 from poller.app import App
 from poller.config import Config
+from poller.engine.retry import RetryPolicy
 from poller.errors import SourceError
-from poller.retry import RetryPolicy
-from poller.sources.sqs import SqsSource
+from poller.sources.sqs.source import SqsSource
 
 pytestmark = pytest.mark.sqs
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from poller.config_loader import default_config_path, load_config
+from poller.config.loader import default_config_path, load_config
+from poller.config.schema import main as schema_main
+from poller.config.schema import render_schema
 from poller.errors import ConfigError
-from poller.schema import main as schema_main
-from poller.schema import render_schema
 
 REPO = Path(__file__).resolve().parents[2]
 HANDLER_MODULE = "poller_test_config_echo"
@@ -450,7 +450,7 @@ def test_default_config_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_schema_file_is_current() -> None:
     checked_in = (REPO / "config" / "schema.json").read_text(encoding="utf-8")
 
-    assert checked_in == render_schema(), "config/schema.json is stale: run python -m poller.schema"
+    assert checked_in == render_schema(), "config/schema.json is stale: run python -m poller.config.schema"
 
 
 def test_schema_check_reports_a_stale_file(tmp_path: Path) -> None:

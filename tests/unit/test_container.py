@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from poller.config import AwsConnection, KafkaConnection, RabbitMQConnection
-from poller.config_loader import load_config
+from poller.config.loader import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from poller.batching import Batcher
-from poller.checkpoint import CommitTracker
-from poller.outcome import Failed, InvocationError, PartiallyFailed, Succeeded, outcome_of
-from poller.records import Batch, Record
-from poller.retry import (
+from poller.engine.batching import Batcher
+from poller.engine.checkpoint import CommitTracker
+from poller.engine.outcome import Failed, InvocationError, PartiallyFailed, Succeeded, outcome_of
+from poller.engine.records import Batch, Record
+from poller.engine.retry import (
     RECORD_AGE_EXCEEDED,
     RETRY_ATTEMPTS_EXHAUSTED,
     Commit,

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from poller.samples import sample_records
+from poller.devtools.samples import sample_records
 
 
 def scramble(value: Any) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from poller.config import Function
+from poller.engine.outcome import InvocationError
 from poller.errors import HandlerLoadError
-from poller.function import FunctionRuntime, load_handler
-from poller.outcome import InvocationError
+from poller.runtime.function import FunctionRuntime, load_handler
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[2]

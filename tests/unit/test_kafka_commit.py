@@ -13,9 +13,9 @@ from aiokafka.errors import KafkaConnectionError
 
 from poller.config import KafkaConnection, Mapping
 from poller.config import KafkaSource as KafkaSourceConfig
-from poller.records import Record
-from poller.sources import kafka as kafka_module
-from poller.sources.kafka import KafkaSource
+from poller.engine.records import Record
+from poller.sources.kafka import source as kafka_module
+from poller.sources.kafka.source import KafkaSource
 
 
 class FakeConsumer:

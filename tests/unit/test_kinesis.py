@@ -15,22 +15,22 @@ from aws_lambda_powertools.utilities.data_classes import KinesisStreamEvent
 from botocore.exceptions import ClientError
 from support import wait_for
 
+from poller.devtools.samples import sample_event
+from poller.engine.records import Record
 from poller.errors import SourceError
-from poller.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease
-from poller.leases.balance import Shard, new_leases, plan_leases, workable
-from poller.leases.coordinator import LeaseCoordinator
-from poller.leases.sqlite import SqliteLeaseStore
-from poller.records import Record
-from poller.samples import sample_event
-from poller.sources.kinesis import stream_name_of
-from poller.sources.kinesis_event import (
+from poller.sources.kinesis.event import (
     KinesisEventFormat,
     lane_of,
     partition_key_bucket,
     shard_of,
     to_record,
 )
-from poller.sources.kinesis_reader import ShardReader
+from poller.sources.kinesis.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease
+from poller.sources.kinesis.leases.balance import Shard, new_leases, plan_leases, workable
+from poller.sources.kinesis.leases.coordinator import LeaseCoordinator
+from poller.sources.kinesis.leases.sqlite import SqliteLeaseStore
+from poller.sources.kinesis.reader import ShardReader
+from poller.sources.kinesis.source import stream_name_of
 
 SEQUENCE = "49590338271490256608559692538361571095921575989136588898"
 STREAM_ARN = "arn:aws:kinesis:eu-west-1:000000000000:stream/clicks"

@@ -13,18 +13,9 @@ from aws_lambda_powertools.utilities.data_classes.rabbit_mq_event import RabbitM
 from pamqp.commands import Basic
 
 from poller.config import RabbitMQConnection
-from poller.outcome import PartiallyFailed, outcome_of
-from poller.samples import sample_event
-from poller.sources.rabbitmq_event import (
-    MessageProperties,
-    RabbitMQEventFormat,
-    broker_arn,
-    format_timestamp,
-    message_record,
-    virtual_host,
-)
-from poller.sources.rabbitmq_flow import AckTracker, LaneAssigner
-from poller.sources.rabbitmq_retry import (
+from poller.devtools.samples import sample_event
+from poller.engine.outcome import PartiallyFailed, outcome_of
+from poller.sources.rabbitmq.delay_queues import (
     ATTEMPTS_HEADER,
     FIRST_SEEN_HEADER,
     PROPERTIES_HEADER,
@@ -34,6 +25,15 @@ from poller.sources.rabbitmq_retry import (
     retry_queue_name,
     retry_tier,
 )
+from poller.sources.rabbitmq.event import (
+    MessageProperties,
+    RabbitMQEventFormat,
+    broker_arn,
+    format_timestamp,
+    message_record,
+    virtual_host,
+)
+from poller.sources.rabbitmq.flow import AckTracker, LaneAssigner
 
 EVERY_TYPE: dict[str, Any] = {
     "text": "héllo",

@@ -16,12 +16,12 @@ from aws_lambda_powertools.utilities.parser.models import SqsModel
 from poller.config import Config
 from poller.destinations._aws import encode, fit_message, message_attributes
 from poller.destinations.s3 import object_key
+from poller.devtools.samples import sample_event
+from poller.engine.records import Batch, Record
+from poller.engine.retry import hold_back
 from poller.errors import SourceError
-from poller.records import Batch, Record
-from poller.retry import hold_back
-from poller.samples import sample_event
-from poller.sources.sqs import SqsSource
-from poller.sources.sqs_event import QueueInfo, SqsEventFormat, to_record
+from poller.sources.sqs.event import QueueInfo, SqsEventFormat, to_record
+from poller.sources.sqs.source import SqsSource
 
 QUEUE = QueueInfo(
     url="https://sqs.eu-west-1.amazonaws.com/123456789012/orders",

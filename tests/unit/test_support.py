@@ -20,7 +20,7 @@ from support import (
     wait_for,
 )
 
-from poller.standins import LOOPBACK, port_open, start_kafka, stop_recorded
+from poller.devtools.standins import LOOPBACK, port_open, start_kafka, stop_recorded
 
 KAFKA_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from poller.telemetry import tracer_provider_from_env
+from poller.observability.tracing import tracer_provider_from_env
 
 OTEL_VARIABLES = (
     "OTEL_SDK_DISABLED",

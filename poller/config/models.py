@@ -1,0 +1,402 @@
+"""The configuration model: the single source of truth for every YAML key (SPEC section 4).
+
+Mapping keys follow the argument names of Terraform's ``aws_lambda_event_source_mapping`` so that
+settings carry over. Durations are in seconds, as AWS names them. Unknown keys are errors.
+Loading a file (environment interpolation, duplicate keys, line numbers in errors) lives in
+:mod:`poller.config.loader`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+HANDLER_PATTERN = r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$"
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- connections ---------------------------------------------------------------------------------
+
+
+class KafkaConnection(_Model):
+    type: Literal["kafka"]
+    bootstrap_servers: str = Field(description="Comma-separated host:port list.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    client_id: str = "poller"
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaConnection:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password")
+        return self
+
+
+class RabbitMQConnection(_Model):
+    type: Literal["rabbitmq"]
+    url: str = Field(description="AMQP URL with credentials and virtual host.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (parsing it is the check)
+        except ValueError as exc:
+            raise ValueError(f"not an AMQP URL: {exc}") from exc
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ValueError("must look like amqp://user:password@host:5672/vhost (or amqps://)")
+        return url
+
+
+class AwsConnection(_Model):
+    type: Literal["aws"]
+    region: str | None = Field(
+        None, description="Defaults to AWS_REGION / AWS_DEFAULT_REGION, else us-east-1."
+    )
+    endpoint_url: str | None = Field(None, description="One endpoint for every AWS service (an emulator).")
+    endpoint_urls: dict[str, str] = Field(
+        default_factory=dict, description="Per-service endpoints, e.g. {kinesis: URL}; override endpoint_url."
+    )
+
+
+Connection = Annotated[KafkaConnection | RabbitMQConnection | AwsConnection, Field(discriminator="type")]
+
+
+# --- functions -----------------------------------------------------------------------------------
+
+
+class Function(_Model):
+    handler: str = Field(
+        pattern=HANDLER_PATTERN,
+        description="module:callable (or Lambda's module.callable), called as handler(event, context).",
+    )
+    timeout: int = Field(
+        3, ge=1, le=900, description="Seconds; an invocation past it fails (Sandbox.Timedout)."
+    )
+    memory_size: int = Field(128, ge=128, le=10240, description="MB, reported in the context.")
+    environment: dict[str, str] = Field(default_factory=dict, description="Set for the handler.")
+    reserved_concurrent_executions: int | None = Field(
+        None, ge=0, description="At most this many concurrent invocations; 0 = throttled."
+    )
+
+
+# --- destinations --------------------------------------------------------------------------------
+
+
+class KafkaDestination(_Model):
+    type: Literal["kafka"]
+    connection: str
+    topic: str
+
+
+class SqsDestination(_Model):
+    type: Literal["sqs"]
+    connection: str
+    queue: str = Field(description="Queue name, URL or ARN.")
+    overflow_bucket: str | None = Field(
+        None,
+        description="S3 bucket (same connection) for failure records larger than the queue accepts; the "
+        "message then says where the record is. Without it, such a message leaves the records out.",
+    )
+
+
+class SnsDestination(_Model):
+    type: Literal["sns"]
+    connection: str
+    topic_arn: str
+    overflow_bucket: str | None = Field(
+        None,
+        description="S3 bucket (same connection) for failure records larger than SNS's 256 KB; the "
+        "message then says where the record is. Without it, such a message leaves the records out.",
+    )
+
+
+class S3Destination(_Model):
+    type: Literal["s3"]
+    connection: str
+    bucket: str
+    prefix: str = ""
+
+
+class RabbitMQDestination(_Model):
+    type: Literal["rabbitmq"]
+    connection: str
+    exchange: str = Field(description='"" is the default exchange (routing_key is then a queue name).')
+    routing_key: str = ""
+
+
+class FileDestination(_Model):
+    type: Literal["file"]
+    path: str = Field(description="JSON lines, one failure record a line (for development).")
+
+
+Destination = Annotated[
+    KafkaDestination
+    | SqsDestination
+    | SnsDestination
+    | S3Destination
+    | RabbitMQDestination
+    | FileDestination,
+    Field(discriminator="type"),
+]
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+class KafkaSource(_Model):
+    type: Literal["kafka"]
+    connection: str
+    topics: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    consumer_group_id: str | None = Field(None, description="Defaults to the mapping name.")
+    # Group timeouts. Real Kafka's defaults suit production; a test broker may want them shorter.
+    session_timeout_ms: int = Field(45000, ge=1000)
+    heartbeat_interval_ms: int = Field(3000, ge=100)
+    rebalance_timeout_ms: int | None = Field(None, ge=1000)
+    max_poll_interval_ms: int = Field(300000, ge=1000)
+
+
+class SqsSource(_Model):
+    type: Literal["sqs"]
+    connection: str
+    queue: str = Field(description="Queue name, URL or ARN.")
+    wait_time_seconds: int = Field(
+        20,
+        ge=1,
+        le=20,
+        description="Long-poll wait of each ReceiveMessage (Lambda's is 20). On shutdown a poll still "
+        "waiting is given 2 s to return; a shorter wait lets more of them end in time.",
+    )
+
+
+class KinesisSource(_Model):
+    type: Literal["kinesis"]
+    connection: str
+    stream: str = Field(description="Stream name or ARN.")
+    poll_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Pause between GetRecords calls on a shard that returned nothing new (Lambda and "
+        "the KCL poll an idle shard once a second); a shard with a backlog is read without pausing.",
+    )
+
+
+class RabbitMQSource(_Model):
+    type: Literal["rabbitmq"]
+    connection: str
+    queues: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+
+
+Source = Annotated[KafkaSource | SqsSource | KinesisSource | RabbitMQSource, Field(discriminator="type")]
+
+# The kind of connection each source and destination type uses.
+CONNECTION_TYPE = {
+    "kafka": "kafka",
+    "rabbitmq": "rabbitmq",
+    "sqs": "aws",
+    "kinesis": "aws",
+    "sns": "aws",
+    "s3": "aws",
+}
+
+# Per-source defaults, as on AWS.
+DEFAULT_BATCH_SIZE = {"kafka": 100, "kinesis": 100, "rabbitmq": 100, "sqs": 10}
+DEFAULT_BATCHING_WINDOW = {"kafka": 0.5, "rabbitmq": 0.5, "kinesis": 0.0, "sqs": 0.0}
+
+
+class OnFailure(_Model):
+    destination: str = Field(description="Name of an entry under destinations.")
+
+
+class DestinationConfig(_Model):
+    on_failure: OnFailure | None = None
+
+
+class ScalingConfig(_Model):
+    maximum_concurrency: int = Field(10, ge=1, le=1000)
+
+
+# Where shard checkpoints go when a Kinesis mapping sets no `checkpoints` (relative to the working directory).
+DEFAULT_SQLITE_CHECKPOINTS_PATH = ".poller/checkpoints.db"
+
+
+class SqliteCheckpoints(_Model):
+    type: Literal["sqlite"]
+    path: str = Field(
+        DEFAULT_SQLITE_CHECKPOINTS_PATH,
+        description="SQLite file holding one checkpoint per shard; one poller process uses it at a time.",
+    )
+
+
+class DynamoDBCheckpoints(_Model):
+    type: Literal["dynamodb"]
+    connection: str
+    table: str = Field(description="Lease table shared by every replica; created if missing.")
+    lease_duration_seconds: float = Field(
+        10.0,
+        ge=1,
+        le=600,
+        description="A lease not renewed for this long is taken over (the KCL's failover time). Owners "
+        "renew every quarter of it and stop reading a shard whose lease they could not renew for half of it.",
+    )
+    max_leases_to_steal_at_one_time: int = Field(
+        1, ge=1, le=100, description="Leases a replica below its fair share asks for per round."
+    )
+
+
+Checkpoints = Annotated[SqliteCheckpoints | DynamoDBCheckpoints, Field(discriminator="type")]
+
+
+class Mapping(_Model):
+    function_name: str
+    source: Source
+    enabled: bool = True
+    starting_position: Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"] = Field(
+        "TRIM_HORIZON", description="For a consumer group or shard with no checkpoint yet."
+    )
+    starting_position_timestamp: datetime | None = Field(None, description="RFC 3339, with AT_TIMESTAMP.")
+    batch_size: int | None = Field(None, ge=1, le=10000, description="Default: SQS 10, the others 100.")
+    maximum_batching_window_in_seconds: float | None = Field(
+        None, ge=0, le=300, description="Default: 0 for SQS and Kinesis, 0.5 for Kafka and RabbitMQ."
+    )
+    bisect_batch_on_function_error: bool = False
+    maximum_retry_attempts: int = Field(-1, ge=-1, le=10000, description="-1 = no limit.")
+    maximum_record_age_in_seconds: int = Field(
+        86400, description="-1 = no limit, else 60..604800; default 86400, the 24-hour retry."
+    )
+    function_response_types: list[Literal["ReportBatchItemFailures"]] = Field(
+        default_factory=list, max_length=1
+    )
+    destination_config: DestinationConfig | None = None
+    scaling_config: ScalingConfig | None = None
+    parallelization_factor: int = Field(1, ge=1, le=10, description="Kinesis: concurrent batches per shard.")
+    checkpoints: Checkpoints | None = Field(
+        None,
+        description="Kinesis: where shard checkpoints are kept; default "
+        f"{{type: sqlite, path: {DEFAULT_SQLITE_CHECKPOINTS_PATH}}}.",
+    )
+
+    @field_validator("maximum_record_age_in_seconds")
+    @classmethod
+    def _check_record_age(cls, age: int) -> int:
+        # A field validator, not a model one, so that the error carries this key's path and line.
+        if age != -1 and not 60 <= age <= 604800:
+            raise ValueError("must be -1 (no limit) or between 60 and 604800")
+        return age
+
+    @model_validator(mode="after")
+    def _check(self) -> Mapping:
+        if (self.starting_position == "AT_TIMESTAMP") != (self.starting_position_timestamp is not None):
+            raise ValueError("starting_position_timestamp is required with AT_TIMESTAMP, and only with it")
+        return self
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size or DEFAULT_BATCH_SIZE[self.source.type]
+
+    @property
+    def effective_batching_window(self) -> float:
+        if self.maximum_batching_window_in_seconds is not None:
+            return self.maximum_batching_window_in_seconds
+        return DEFAULT_BATCHING_WINDOW[self.source.type]
+
+    @property
+    def report_batch_item_failures(self) -> bool:
+        return "ReportBatchItemFailures" in self.function_response_types
+
+    @property
+    def on_failure_destination(self) -> str | None:
+        on_failure = self.destination_config and self.destination_config.on_failure
+        return on_failure.destination if on_failure else None
+
+
+class Admin(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port (it is logged).")
+
+
+class Config(_Model):
+    connections: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Connection] = Field(default_factory=dict)
+    functions: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Function] = Field(default_factory=dict)
+    destinations: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Destination] = Field(default_factory=dict)
+    mappings: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Mapping] = Field(default_factory=dict)
+    admin: Admin = Admin()
+
+    def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Names that point nowhere or at the wrong kind of thing, as (key path, message) pairs."""
+        errors: list[tuple[tuple[str | int, ...], str]] = []
+
+        def check_connection(path: tuple[str | int, ...], name: str, kind: str) -> None:
+            connection = self.connections.get(name)
+            if connection is None:
+                errors.append((path, f"unknown connection {name!r}"))
+            elif connection.type != kind:
+                errors.append((path, f"connection {name!r} is of type {connection.type}, not {kind}"))
+
+        for name, destination in self.destinations.items():
+            if not isinstance(destination, FileDestination):
+                kind = CONNECTION_TYPE[destination.type]
+                check_connection(("destinations", name, "connection"), destination.connection, kind)
+        for name, mapping in self.mappings.items():
+            if mapping.function_name not in self.functions:
+                errors.append(
+                    (("mappings", name, "function_name"), f"unknown function {mapping.function_name!r}")
+                )
+            check_connection(
+                ("mappings", name, "source", "connection"),
+                mapping.source.connection,
+                CONNECTION_TYPE[mapping.source.type],
+            )
+            target = mapping.on_failure_destination
+            if target is not None and target not in self.destinations:
+                errors.append(
+                    (
+                        ("mappings", name, "destination_config", "on_failure", "destination"),
+                        f"unknown destination {target!r}",
+                    )
+                )
+            if mapping.source.type != "kinesis":
+                if mapping.parallelization_factor != 1:
+                    errors.append(
+                        (("mappings", name, "parallelization_factor"), "applies to kinesis sources only")
+                    )
+                if mapping.checkpoints is not None:
+                    errors.append((("mappings", name, "checkpoints"), "applies to kinesis sources only"))
+            if isinstance(mapping.checkpoints, DynamoDBCheckpoints):
+                check_connection(
+                    ("mappings", name, "checkpoints", "connection"), mapping.checkpoints.connection, "aws"
+                )
+            if mapping.scaling_config is not None and mapping.source.type not in ("sqs", "rabbitmq"):
+                errors.append(
+                    (
+                        ("mappings", name, "scaling_config"),
+                        "scaling_config applies to sqs and rabbitmq sources only",
+                    )
+                )
+        seen_env: dict[str, tuple[str, str]] = {}
+        for fname, function in self.functions.items():
+            for key, value in function.environment.items():
+                other = seen_env.setdefault(key, (fname, value))
+                if other[1] != value:
+                    # Handlers share one process, so one variable cannot hold two values.
+                    errors.append(
+                        (
+                            ("functions", fname, "environment", key),
+                            f"conflicts with functions.{other[0]}.environment.{key} (one process, one environment)",
+                        )
+                    )
+        return errors

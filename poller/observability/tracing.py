@@ -1,0 +1,293 @@
+"""Tracing (OpenTelemetry) and metrics (Prometheus) around the engine's steps (SPEC section 8).
+
+The runner calls three hooks — a batch, an invocation attempt, an on-failure delivery — and never
+touches OpenTelemetry itself. Span names and attributes follow the OpenTelemetry messaging
+semantic conventions as of v1.27 (``messaging.operation.type``, ``messaging.consumer.group.name``,
+``messaging.batch.message_count``); Kinesis has no well-known ``messaging.system`` value, so it is
+``aws.kinesis``. A batch span links to every record's producer context (W3C ``traceparent`` in
+Kafka or AMQP headers or SQS message attributes, or SQS's X-Ray ``AWSTraceHeader``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from prometheus_client import CollectorRegistry, Histogram
+
+from poller.config import Mapping as MappingConfig
+from poller.engine.outcome import Failed, Outcome, PartiallyFailed
+from poller.engine.records import Batch, Record
+
+SEMCONV_VERSION = "1.27.0"
+MAX_LINKS = 128  # the SDK's default span link limit
+
+MESSAGING_SYSTEM = {"kafka": "kafka", "rabbitmq": "rabbitmq", "sqs": "aws_sqs", "kinesis": "aws.kinesis"}
+
+
+@dataclass(frozen=True)
+class MappingInfo:
+    """What every span and metric of one mapping carries."""
+
+    mapping: str
+    function: str
+    source_type: str
+    destination: str  # topic, queue or stream the mapping reads
+    consumer_group: str | None = None
+
+    @classmethod
+    def of(cls, name: str, mapping: MappingConfig) -> MappingInfo:
+        source = mapping.source
+        names = getattr(source, "topics", None) or getattr(source, "queues", None)
+        destination = (
+            ",".join(names) if names else str(getattr(source, "queue", None) or getattr(source, "stream", ""))
+        )
+        group = (getattr(source, "consumer_group_id", None) or name) if source.type == "kafka" else None
+        return cls(name, mapping.function_name, source.type, destination, group)
+
+
+class Telemetry:
+    """Spans and histograms for one App. Counters live in the runners' stats and are read by the
+    collector in :mod:`poller.observability.admin` at scrape time."""
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        provider = tracer_provider or trace.get_tracer_provider()
+        self.tracer = provider.get_tracer(
+            "poller", schema_url=f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
+        )
+        self.registry = registry or CollectorRegistry()
+        self.invocation_duration = Histogram(
+            "poller_invocation_duration_seconds",
+            "Duration of handler invocations.",
+            ["mapping", "outcome"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+        )
+        self.batch_size = Histogram(
+            "poller_batch_size_records",
+            "Records per invocation.",
+            ["mapping"],
+            registry=self.registry,
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
+        )
+
+    @contextmanager
+    def batch(
+        self, info: MappingInfo, batch: Batch, positions: tuple[Any, Any], parent: bool
+    ) -> Iterator[None]:
+        """The span of a batch (``process <destination>``, CONSUMER). A bisected half is opened
+        inside its parent's span and so becomes its child. Sets ``batch.trace_id``."""
+        links = [Link(context) for context in producer_contexts(batch.records)[:MAX_LINKS]]
+        attributes: dict[str, Any] = {
+            "messaging.system": MESSAGING_SYSTEM.get(info.source_type, info.source_type),
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": info.destination,
+            "messaging.destination.partition.id": batch.records[0].partition,
+            "messaging.batch.message_count": len(batch.records),
+            "poller.mapping": info.mapping,
+            "poller.function": info.function,
+            "poller.batch.first_position": str(positions[0]),
+            "poller.batch.last_position": str(positions[1]),
+            "poller.bisect_depth": batch.depth,
+        }
+        if info.consumer_group:
+            attributes["messaging.consumer.group.name"] = info.consumer_group
+        name = f"process {info.destination}" if not parent else f"process {info.destination} (bisected)"
+        with self.tracer.start_as_current_span(
+            name, kind=SpanKind.CONSUMER, attributes=attributes, links=links
+        ) as span:
+            context = span.get_span_context()
+            if context.is_valid:
+                batch.trace_id = trace.format_trace_id(context.trace_id)
+            yield
+
+    @contextmanager
+    def attempt(self, info: MappingInfo, batch: Batch) -> Iterator[AttemptResult]:
+        """The span of one invocation (``invoke <function>``), and its duration and size metrics."""
+        result = AttemptResult()
+        attributes: dict[str, Any] = {
+            "poller.attempt": batch.invocations,
+            "poller.retries": batch.retries,
+            "messaging.batch.message_count": len(batch.records),
+            "faas.invoked_name": info.function,
+        }
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            f"invoke {info.function}", kind=SpanKind.INTERNAL, attributes=attributes, record_exception=False
+        ) as span:
+            yield result
+            outcome = result.outcome
+            label = "success"
+            if isinstance(outcome, Failed | PartiallyFailed):
+                label = "partial" if isinstance(outcome, PartiallyFailed) else "error"
+                error = outcome.error
+                span.set_status(Status(StatusCode.ERROR, error.message))
+                span.set_attribute("error.type", error.error_type)
+                span.add_event(
+                    "exception",
+                    {
+                        "exception.type": error.error_type,
+                        "exception.message": error.message,
+                        "exception.stacktrace": "\n".join(error.stack_trace),
+                    },
+                )
+            span.set_attribute("poller.outcome", label)
+        self.invocation_duration.labels(info.mapping, label).observe(time.perf_counter() - started)
+        self.batch_size.labels(info.mapping).observe(len(batch.records))
+
+    @contextmanager
+    def delivery(self, info: MappingInfo, destination: str, batch: Batch, condition: str) -> Iterator[None]:
+        """The span of an on-failure delivery (``send <destination>``, PRODUCER). Destinations put
+        :func:`trace_headers` into what they write, so the failure continues this trace."""
+        attributes: dict[str, Any] = {
+            "messaging.operation.name": "send",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": destination,
+            "messaging.batch.message_count": len(batch.records),
+            "poller.mapping": info.mapping,
+            "poller.condition": condition,
+        }
+        with self.tracer.start_as_current_span(
+            f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            yield
+
+
+@dataclass
+class AttemptResult:
+    outcome: Outcome | None = None
+
+
+def trace_headers() -> dict[str, str]:
+    """The current trace context as W3C headers (``traceparent``), for a destination to write."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def producer_contexts(records: Sequence[Record]) -> list[SpanContext]:
+    """The producers' span contexts that records carry, in any of the four AWS event shapes."""
+    contexts = []
+    for record in records:
+        payload = record.payload
+        if payload.get("headers") == []:
+            continue  # a Kafka record without headers, the common case: nothing to look for
+        context = _producer_context(payload)
+        if context is not None:
+            contexts.append(context)
+    return contexts
+
+
+def _producer_context(payload: Mapping[str, Any]) -> SpanContext | None:
+    headers = payload.get("headers")
+    if isinstance(headers, list):  # Kafka: [{"name": [signed bytes]}]
+        for header in headers:
+            value = header.get("traceparent") if isinstance(header, dict) else None
+            if isinstance(value, list):
+                return _from_traceparent(bytes(b & 0xFF for b in value).decode(errors="replace"))
+    attributes = payload.get("messageAttributes")
+    if isinstance(attributes, dict):  # SQS: W3C in a message attribute, else X-Ray's header
+        value = attributes.get("traceparent")
+        if isinstance(value, dict) and isinstance(value.get("stringValue"), str):
+            return _from_traceparent(value["stringValue"])
+        system = payload.get("attributes")
+        if isinstance(system, dict) and isinstance(system.get("AWSTraceHeader"), str):
+            return _from_xray(system["AWSTraceHeader"])
+    properties = payload.get("basicProperties")
+    if isinstance(properties, dict) and isinstance(properties.get("headers"), dict):  # RabbitMQ
+        value = properties["headers"].get("traceparent")
+        if isinstance(value, dict) and isinstance(value.get("bytes"), list):
+            value = bytes(b & 0xFF for b in value["bytes"]).decode(errors="replace")
+        if isinstance(value, str):
+            return _from_traceparent(value)
+    return None
+
+
+def _from_traceparent(value: str) -> SpanContext | None:
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3][:2], 16)
+    except ValueError:
+        return None
+    context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1))
+    return context if context.is_valid else None
+
+
+def _from_xray(value: str) -> SpanContext | None:
+    # Root=1-<8 hex epoch>-<24 hex>;Parent=<16 hex>;Sampled=0|1
+    fields = dict(part.split("=", 1) for part in value.split(";") if "=" in part)
+    root, parent = fields.get("Root", ""), fields.get("Parent", "")
+    pieces = root.split("-")
+    if len(pieces) != 3 or len(parent) != 16:
+        return None
+    return _from_traceparent(
+        f"00-{pieces[1]}{pieces[2]}-{parent}-{'01' if fields.get('Sampled') == '1' else '00'}"
+    )
+
+
+def configure_tracing() -> None:
+    """Install the global tracer provider that :func:`tracer_provider_from_env` describes."""
+    provider = tracer_provider_from_env()
+    if provider is not None:
+        trace.set_tracer_provider(provider)
+
+
+def tracer_provider_from_env() -> trace.TracerProvider | None:
+    """The tracer provider that the standard OTEL_* environment variables ask for (the SDK reads
+    some of them itself); None when ``OTEL_SDK_DISABLED=true`` turns tracing off.
+
+    Spans are always made (their trace ids go into logs and failure records); they are exported over
+    OTLP/HTTP only when an endpoint or exporter is configured, so an unconfigured service does not
+    log export failures every few seconds. Without an exporter they are not recorded either (unless
+    ``OTEL_TRACES_SAMPLER`` asks for it): recording two spans per batch for nobody cost about a
+    tenth of the engine's instructions at 100 records a batch (``python -m bench.engine``).
+    """
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "poller")})
+    exporter_wanted = any(
+        env.get(name)
+        for name in (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_TRACES_EXPORTER",
+        )
+    )
+    exporting = exporter_wanted and env.get("OTEL_TRACES_EXPORTER", "otlp") != "none"
+    # None: the SDK's own sampler, which it reads from OTEL_TRACES_SAMPLER (default: parent-based
+    # always-on).
+    sampler = None if exporting or env.get("OTEL_TRACES_SAMPLER") else ALWAYS_OFF
+    provider = TracerProvider(resource=resource, sampler=sampler)
+    if exporting:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def shutdown_tracing() -> None:
+    """Flush spans still buffered (called once the service has drained)."""
+    provider = trace.get_tracer_provider()
+    shutdown = getattr(provider, "shutdown", None)
+    if callable(shutdown):
+        shutdown()

@@ -1,0 +1,169 @@
+"""SQS queues and Lambda's SQS event: finding a queue given as a name, URL or ARN, and turning a
+ReceiveMessage message into the event record Lambda would hand the handler.
+
+Event: https://docs.aws.amazon.com/lambda/latest/dg/with-sqs.html
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from botocore.exceptions import BotoCoreError, ClientError
+
+from poller.engine.records import Record, json_copy
+
+# Every exception an aiobotocore call may raise for a failed request.
+AWS_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError)
+
+
+def error_text(exc: BaseException) -> str:
+    """A botocore error in one line: its code and message for a ClientError."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
+    return str(exc) or type(exc).__name__
+
+
+# --- the queue -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """What the source and the SQS destination need to know about a queue."""
+
+    url: str
+    arn: str
+    name: str
+    region: str
+    fifo: bool
+    visibility_timeout: int
+    maximum_message_size: int
+
+
+async def resolve_queue(client: Any, queue: str) -> QueueInfo:
+    """Find a queue given as a name, a URL or an ARN. Raises botocore's errors (the caller maps
+    them) and ValueError for an ARN that is not an SQS queue's."""
+    if queue.startswith(("https://", "http://")):
+        url = queue
+    elif queue.startswith("arn:"):
+        parts = queue.split(":")
+        if len(parts) != 6 or parts[2] != "sqs":
+            raise ValueError(f"{queue!r} is not an SQS queue ARN (arn:aws:sqs:REGION:ACCOUNT:NAME)")
+        url = (await client.get_queue_url(QueueName=parts[5], QueueOwnerAWSAccountId=parts[4]))["QueueUrl"]
+    else:
+        url = (await client.get_queue_url(QueueName=queue))["QueueUrl"]
+    response = await client.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["QueueArn", "VisibilityTimeout", "FifoQueue", "MaximumMessageSize"]
+    )
+    attributes = response["Attributes"]
+    arn = attributes["QueueArn"]
+    return QueueInfo(
+        url=url,
+        arn=arn,
+        name=arn.rsplit(":", 1)[-1],
+        region=arn.split(":")[3],
+        fifo=attributes.get("FifoQueue") == "true",
+        visibility_timeout=int(attributes.get("VisibilityTimeout", "30")),
+        maximum_message_size=int(attributes.get("MaximumMessageSize", "262144")),
+    )
+
+
+# --- the event -----------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def message_attribute(value: dict[str, Any]) -> dict[str, Any]:
+    """A ReceiveMessage attribute value as Lambda writes it: camelCase, binary values in base64,
+    both list fields always present."""
+    converted: dict[str, Any] = {}
+    if "StringValue" in value:
+        converted["stringValue"] = value["StringValue"]
+    if "BinaryValue" in value:
+        converted["binaryValue"] = _b64(value["BinaryValue"])
+    converted["stringListValues"] = list(value.get("StringListValues", []))
+    converted["binaryListValues"] = [_b64(item) for item in value.get("BinaryListValues", [])]
+    converted["dataType"] = value["DataType"]
+    return converted
+
+
+def to_record(message: dict[str, Any], queue: QueueInfo, lane: str) -> Record:
+    """A ReceiveMessage message (all system and message attributes requested) as a Record whose
+    payload is Lambda's SQS event record."""
+    attributes: dict[str, str] = dict(message.get("Attributes", {}))
+    payload: dict[str, Any] = {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": attributes,
+        "messageAttributes": {
+            name: message_attribute(value) for name, value in message.get("MessageAttributes", {}).items()
+        },
+    }
+    if "MD5OfMessageAttributes" in message:  # present only when the message has attributes
+        payload["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
+    payload.update(
+        md5OfBody=message["MD5OfBody"],
+        eventSource="aws:sqs",
+        eventSourceARN=queue.arn,
+        awsRegion=queue.region,
+    )
+    sent = attributes.get("SentTimestamp")
+    return Record(
+        partition=queue.name,
+        lane=lane,
+        position=message["MessageId"],
+        item_key=message["MessageId"],
+        payload=payload,
+        size=len(orjson.dumps(payload)) + 1,
+        timestamp=int(sent) / 1000 if sent else time.time(),
+        # The broker's count includes this delivery; the engine wants the earlier ones.
+        receive_count=max(0, int(attributes.get("ApproximateReceiveCount", "1")) - 1),
+        # Standard queues may carry a MessageGroupId too (fair queues), which orders nothing.
+        group=attributes.get("MessageGroupId") if queue.fifo else None,
+    )
+
+
+def _fresh(payload: dict[str, Any]) -> dict[str, Any]:
+    """The event record with containers of its own (EventFormat.event). ``dict.copy`` rather than
+    ``{**payload}``: it clones the table, several times faster on this hot path."""
+    fresh = payload.copy()
+    fresh["attributes"] = payload["attributes"].copy()
+    attributes = payload["messageAttributes"]
+    fresh["messageAttributes"] = json_copy(attributes) if attributes else {}
+    return fresh
+
+
+class SqsEventFormat:
+    """Lambda's SQS event: ``{"Records": [...]}``; an item is identified by its ``messageId``."""
+
+    def __init__(self, queue: QueueInfo | None = None) -> None:
+        self.queue = queue  # known once the source has started
+
+    def event(self, records: Sequence[Record]) -> dict[str, Any]:
+        return {"Records": [_fresh(record.payload) for record in records]}
+
+    def describe(self, records: Sequence[Record]) -> dict[str, Any]:
+        first = records[0].payload
+        described: dict[str, Any] = {
+            "type": "sqs",
+            "queueArn": first["eventSourceARN"],
+            "queueUrl": self.queue.url if self.queue else None,
+            "batchSize": len(records),
+            "messageIds": [record.payload["messageId"] for record in records],
+        }
+        groups = sorted({record.group for record in records if record.group is not None})
+        if groups:
+            described["messageGroupIds"] = groups
+        return described
+
+    def item_key(self, identifier: object) -> Hashable | None:
+        return identifier if isinstance(identifier, str) and identifier else None
