@@ -10,7 +10,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from support import unique_name
 
-from poller import dev
+from poller.devtools import dev
 
 pytestmark = pytest.mark.kafka
 

@@ -500,7 +500,7 @@ async def test_fifo_queue_refuses_batches_larger_than_ten(sqs: Any, moto_endpoin
 async def test_dev_create_makes_the_queues_topics_and_buckets_a_config_names(
     sqs: Any, moto_endpoint: str, tmp_path: Path
 ) -> None:
-    from poller import dev
+    from poller.devtools import dev
 
     source, dlq, fifo = unique_name("src")[:60], unique_name("dlq")[:60], unique_name("f")[:60] + ".fifo"
     topic, bucket, overflow = unique_name("topic"), unique_name("bucket")[:63], unique_name("overflow")[:63]
