@@ -1,6 +1,6 @@
 """The engine's own cost per record, without a broker: ``python -m bench.engine``.
 
-Runs the real :class:`~poller.runner.MappingRunner` (lanes, batching, ordered commits, spans, the
+Runs the real :class:`~poller.runtime.runner.MappingRunner` (lanes, batching, ordered commits, spans, the
 function runtime with a no-op handler that only counts records) over an in-memory Kafka-shaped
 source whose ``poll`` converts fetched client messages as the Kafka source does. It reports the
 CPU time per record from a poll to a commit, which is what the poller adds to the client library
@@ -27,7 +27,8 @@ from poller.observability.tracing import configure_tracing
 from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
 from poller.sources import LaneListener
-from poller.sources.kafka.source import KafkaEventFormat, to_records
+from poller.sources.kafka.event import KafkaEventFormat, to_records
+from poller.tasks import BackgroundTasks
 
 TOPIC = "bench"
 _handled: dict[str, Any] = {}  # what `counted` has seen, and when to say that it has seen all
@@ -45,6 +46,8 @@ class MemoryKafkaSource:
     every partition whose lane is not paused."""
 
     ordered: ClassVar[bool] = True
+    reads = TOPIC
+    consumer_group = None
 
     def __init__(self, total: int, partitions: int, fetch: int) -> None:
         self.format = KafkaEventFormat("127.0.0.1:9092")
@@ -53,7 +56,7 @@ class MemoryKafkaSource:
         self._left = {f"{TOPIC}-{p}": share + (p < extra) for p in range(partitions)}
         self._paused: set[str] = set()
 
-    async def start(self, listener: LaneListener) -> None:
+    async def start(self, listener: LaneListener, tasks: BackgroundTasks) -> None:
         pass
 
     async def poll(self) -> list[Record]:

@@ -20,8 +20,8 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from poller.sources.kafka.source import KafkaEventFormat
-from poller.sources.kafka.source import to_records as kafka_records_of
+from poller.sources.kafka.event import KafkaEventFormat
+from poller.sources.kafka.event import to_records as kafka_records_of
 from poller.sources.sqs.event import QueueInfo, SqsEventFormat
 from poller.sources.sqs.event import to_record as sqs_record
 

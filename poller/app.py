@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 
 from poller.clock import Clock
@@ -18,7 +19,7 @@ from poller.config import Config
 from poller.destinations import Destination, build_destination
 from poller.errors import PollerError
 from poller.observability.admin import AdminServer
-from poller.observability.tracing import Telemetry, configure_tracing, shutdown_tracing
+from poller.observability.tracing import Telemetry, configure_tracing, flush_tracing, shutdown_tracing
 from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
 from poller.sources import build_source
@@ -26,6 +27,7 @@ from poller.sources import build_source
 log = logging.getLogger(__name__)
 
 DEFAULT_DRAIN_TIMEOUT = 30.0
+FORCED_EXIT_FLUSH_TIMEOUT = 2.0  # seconds the spans get on a second signal
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (CPython's default: 700)
 
 
@@ -99,6 +101,9 @@ async def serve(app: App) -> None:
             app.stop()
         else:
             log.warning("received %s again: exiting now", signal.Signals(signum).name)
+            # The spans of what was abandoned are what shows why in a trace: send them first.
+            flush_tracing(FORCED_EXIT_FLUSH_TIMEOUT)
+            sys.stderr.flush()
             os._exit(1)
 
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -80,7 +80,7 @@ async def run(bootstrap: str) -> list[ReadableSpan]:
     app = App(config, clock=QuickClock(), telemetry=Telemetry(tracer_provider=provider))
     task = asyncio.create_task(app.run())
     runner = app.runners["orders-from-kafka"]
-    while runner.stats.dead_lettered + runner.stats.succeeded < 16:  # noqa: ASYNC110 - counters have no event
+    while runner.status.counts.dead_lettered + runner.status.counts.succeeded < 16:  # noqa: ASYNC110 - counters have no event
         await asyncio.sleep(0.1)
     app.stop()
     await task

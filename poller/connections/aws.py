@@ -1,8 +1,12 @@
-"""aiobotocore clients for an ``aws`` connection (SPEC section 4).
+"""aiobotocore clients for an ``aws`` connection (SPEC section 4), and what their errors mean.
 
 ``endpoint_urls[service]`` wins over ``endpoint_url``; with neither, botocore itself applies the
 standard ``AWS_ENDPOINT_URL_<SERVICE>`` and ``AWS_ENDPOINT_URL`` variables and the normal
 credential chain, as every AWS SDK does.
+
+Every source, lease store and destination that calls AWS catches :data:`AWS_ERRORS` and turns them
+into poller's own errors with :func:`source_error`: a network error or a throttle is retriable
+everywhere; refused credentials (and what a caller names, such as a missing queue) are not.
 """
 
 from __future__ import annotations
@@ -13,8 +17,31 @@ from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from aiohttp import ClientError as HttpClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from poller.config import AwsConnection
+from poller.errors import SourceError
+
+# Every exception an aiobotocore call may raise for a failed request: the service's answer
+# (ClientError), botocore's own (connection, credentials, parsing) and aiohttp's transport errors
+# that aiobotocore lets through (a server that closed the connection, a cut-off payload).
+AWS_ERRORS = (ClientError, BotoCoreError, HttpClientError)
+
+# Error codes that waiting does not cure, whatever the service.
+REFUSED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+    }
+)
+
+# The account of every ARN poller makes up for what has no AWS identity (SPEC section 5).
+ACCOUNT_ID = "000000000000"
 
 # Our own backoff handles outages; botocore's standard mode still retries throttling briefly.
 _CLIENT_CONFIG = AioConfig(
@@ -22,13 +49,42 @@ _CLIENT_CONFIG = AioConfig(
 )
 
 
+def default_region() -> str:
+    """The region of the environment (AWS_REGION, AWS_DEFAULT_REGION), else us-east-1."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 def region_of(connection: AwsConnection) -> str:
-    return (
-        connection.region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or "us-east-1"
-    )
+    return connection.region or default_region()
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a ClientError (``ResourceNotFoundException``), else the exception's
+    type name."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return type(exc).__name__
+
+
+def error_text(exc: BaseException) -> str:
+    """An AWS error in one line: its code and message for a ClientError."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
+    return str(exc) or type(exc).__name__
+
+
+def is_refusal(exc: BaseException, fatal_codes: frozenset[str] = frozenset()) -> bool:
+    """Whether waiting cannot cure ``exc``: no credentials, refused ones, or one of ``fatal_codes``."""
+    return isinstance(exc, NoCredentialsError) or error_code(exc) in REFUSED_CODES | fatal_codes
+
+
+def source_error(what: str, exc: BaseException, *, fatal_codes: frozenset[str] | None = None) -> SourceError:
+    """``exc``, raised by ``what``, as a SourceError. With ``fatal_codes`` (at start: a missing
+    resource, refused credentials) those codes and refusals are not retriable; without, everything
+    is (at run time a refusal may be repaired meanwhile, and the caller backs off)."""
+    fatal = fatal_codes is not None and is_refusal(exc, fatal_codes)
+    return SourceError(f"{what}: {error_text(exc)}", retriable=not fatal)
 
 
 def client_options(connection: AwsConnection, service: str) -> dict[str, Any]:

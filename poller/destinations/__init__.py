@@ -8,14 +8,17 @@ from typing import Any, Protocol
 
 from poller.config import Config
 from poller.engine.records import Record
+from poller.sources.protocol import EventFormat
 
 
 class Destination(Protocol):
-    """Delivers failure records. ``send`` returns only once the write is confirmed (Kafka acks, an
-    fsync, a publisher confirm) and raises DestinationError otherwise; the caller retries it and
-    advances the source only after it returned."""
+    """Delivers failure records."""
 
-    async def send(self, failure: dict[str, Any], records: Sequence[Record]) -> None: ...
+    async def send(self, failure: dict[str, Any], records: Sequence[Record], origin: EventFormat) -> None:
+        """Write the failure record of ``records`` (SPEC section 7); ``origin`` is the event format
+        of the source they came from, which describes them. Returns only once the write is
+        confirmed (Kafka acks, an fsync, a publisher confirm) and raises DestinationError otherwise;
+        the caller retries it and advances the source only after it returned."""
 
     async def close(self) -> None: ...
 

@@ -14,6 +14,7 @@ from poller.config import Config
 from poller.config import FileDestination as FileDestinationConfig
 from poller.engine.records import Record
 from poller.errors import DestinationError
+from poller.sources.protocol import EventFormat
 
 
 class FileDestination:
@@ -22,7 +23,7 @@ class FileDestination:
         self.name = name
         self.path = Path(settings.path)
 
-    async def send(self, failure: dict[str, Any], records: Sequence[Record]) -> None:
+    async def send(self, failure: dict[str, Any], records: Sequence[Record], origin: EventFormat) -> None:
         line = orjson.dumps(failure) + b"\n"
         try:
             await asyncio.to_thread(self._append, line)

@@ -7,7 +7,6 @@ value. A send counts only when every message is acknowledged by all in-sync repl
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -18,10 +17,11 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from poller.config import Config, KafkaConnection
 from poller.config import KafkaDestination as KafkaDestinationConfig
+from poller.connections.kafka import client_options
 from poller.engine.records import Record
 from poller.errors import DestinationError
 from poller.observability.tracing import trace_headers
-from poller.sources.kafka.source import client_options
+from poller.sources.protocol import EventFormat, OriginalMessage
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +52,24 @@ class KafkaDestination:
             self._producer = producer
         return self._producer
 
-    async def send(self, failure: dict[str, Any], records: Sequence[Record]) -> None:
+    async def send(self, failure: dict[str, Any], records: Sequence[Record], origin: EventFormat) -> None:
         producer = await self._started()
         try:
             # One at a time: failures are rare, and each message's acknowledgement is then certain.
             for record in records:
-                await self._send_one(producer, failure, record)
+                await self._send_one(producer, failure, record, origin)
         except KafkaError as exc:
             raise DestinationError(f"Kafka topic {self.topic} did not acknowledge: {exc}") from exc
 
-    async def _send_one(self, producer: AIOKafkaProducer, failure: dict[str, Any], record: Record) -> None:
-        original = record.payload
-        is_kafka = {"topic", "partition", "offset"} <= original.keys()
-        value = {**failure, "records": [original]}
-        if is_kafka:
-            value["source"] = {
-                **failure["source"],
-                "startOffset": original["offset"],
-                "endOffset": original["offset"],
-                "batchSize": 1,
-            }
-        key = base64.b64decode(original["key"]) if is_kafka and original.get("key") is not None else None
-        headers = _headers(failure, original if is_kafka else None)
+    async def _send_one(
+        self, producer: AIOKafkaProducer, failure: dict[str, Any], record: Record, origin: EventFormat
+    ) -> None:
+        # One message per record: its failure record describes that record alone.
+        value = {**failure, "source": origin.describe([record]), "records": [record.payload]}
+        original = origin.original_message(record) or OriginalMessage()
+        headers = _headers(failure, original)
         try:
-            await producer.send_and_wait(self.topic, orjson.dumps(value), key=key, headers=headers)
+            await producer.send_and_wait(self.topic, orjson.dumps(value), key=original.key, headers=headers)
         except MessageSizeTooLargeError:
             log.error(
                 "destination %s: failure record too large for topic %s; sending it without the record",
@@ -84,7 +78,7 @@ class KafkaDestination:
             )
             value["records"] = []
             value["recordsOmitted"] = "the record is larger than the destination accepts"
-            await producer.send_and_wait(self.topic, orjson.dumps(value), key=key, headers=headers)
+            await producer.send_and_wait(self.topic, orjson.dumps(value), key=original.key, headers=headers)
 
     async def close(self) -> None:
         if self._producer is not None:
@@ -92,21 +86,12 @@ class KafkaDestination:
             self._producer = None
 
 
-def _headers(failure: dict[str, Any], original: dict[str, Any] | None) -> list[tuple[str, bytes]]:
-    headers: list[tuple[str, bytes]] = []
+def _headers(failure: dict[str, Any], original: OriginalMessage) -> list[tuple[str, bytes]]:
     context = trace_headers()
-    if original is not None:
-        for header in original.get("headers", []):
-            for name, signed in header.items():
-                # The message continues the failed batch's trace; the producer's own context
-                # stays readable in the failure record's copy of the record.
-                if name not in context:
-                    headers.append((name, bytes(b & 0xFF for b in signed)))
-        headers += [
-            ("x-poller-topic", str(original["topic"]).encode()),
-            ("x-poller-partition", str(original["partition"]).encode()),
-            ("x-poller-offset", str(original["offset"]).encode()),
-        ]
+    # The message continues the failed batch's trace; the producer's own context stays readable
+    # in the failure record's copy of the record.
+    headers = [(name, value) for name, value in original.headers if name not in context]
+    headers += [(f"x-poller-{name}", value.encode()) for name, value in original.location.items()]
     error = failure["errorInfo"]
     headers += [(name, value.encode()) for name, value in context.items()]
     headers += [

@@ -25,10 +25,11 @@ from pamqp.commands import Basic
 
 from poller.config import Config, RabbitMQConnection
 from poller.config import RabbitMQDestination as RabbitMQDestinationConfig
+from poller.connections.rabbitmq import AMQP_ERRORS, OPERATION_TIMEOUT, close_quietly, connect
 from poller.engine.records import Record
 from poller.errors import DestinationError, SourceError
 from poller.observability.tracing import trace_headers
-from poller.sources.rabbitmq.source import AMQP_ERRORS, OPERATION_TIMEOUT, close_quietly, connect
+from poller.sources.protocol import EventFormat
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class RabbitMQDestination:
         self._channel: AbstractChannel | None = None
         self._connecting = asyncio.Lock()
 
-    async def send(self, failure: dict[str, Any], records: Sequence[Record]) -> None:
+    async def send(self, failure: dict[str, Any], records: Sequence[Record], origin: EventFormat) -> None:
         """Returns once the broker confirmed and routed the message; raises DestinationError."""
         try:
             await self._publish(failure)

@@ -17,10 +17,11 @@ from urllib.parse import quote
 
 from poller.config import AwsConnection, Config
 from poller.config import S3Destination as S3DestinationConfig
+from poller.connections.aws import AWS_ERRORS, error_text
 from poller.destinations._aws import LazyClient, encode
 from poller.engine.records import Record
 from poller.errors import DestinationError
-from poller.sources.sqs.event import AWS_ERRORS, error_text
+from poller.sources.protocol import EventFormat
 
 
 def object_key(prefix: str, mapping: str, partition: str, timestamp: str, unique: str | None = None) -> str:
@@ -78,7 +79,7 @@ class S3Destination:
         self.name = name
         self.writer = S3Writer(connection, settings.bucket, settings.prefix)
 
-    async def send(self, failure: dict[str, Any], records: Sequence[Record]) -> None:
+    async def send(self, failure: dict[str, Any], records: Sequence[Record], origin: EventFormat) -> None:
         await self.writer.put(failure, partition_of(records))
 
     async def close(self) -> None:

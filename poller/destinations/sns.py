@@ -13,11 +13,12 @@ from typing import Any
 
 from poller.config import AwsConnection, Config
 from poller.config import SnsDestination as SnsDestinationConfig
+from poller.connections.aws import AWS_ERRORS, error_text
 from poller.destinations._aws import LazyClient, attributes_size, fit_message, message_attributes
 from poller.destinations.s3 import S3Writer, partition_of
 from poller.engine.records import Record
 from poller.errors import DestinationError
-from poller.sources.sqs.event import AWS_ERRORS, error_text
+from poller.sources.protocol import EventFormat
 
 SNS_MAX_MESSAGE_BYTES = 262_144
 
@@ -35,7 +36,7 @@ class SnsDestination:
         self._client = LazyClient(connection, "sns")
         self._overflow = S3Writer(connection, settings.overflow_bucket) if settings.overflow_bucket else None
 
-    async def send(self, failure: dict[str, Any], records: Sequence[Record]) -> None:
+    async def send(self, failure: dict[str, Any], records: Sequence[Record], origin: EventFormat) -> None:
         attributes = message_attributes(failure)
         overflow = self._overflow
 

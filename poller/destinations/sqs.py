@@ -14,11 +14,13 @@ from typing import Any
 
 from poller.config import AwsConnection, Config
 from poller.config import SqsDestination as SqsDestinationConfig
+from poller.connections.aws import AWS_ERRORS, error_text
 from poller.destinations._aws import LazyClient, attributes_size, fit_message, message_attributes
 from poller.destinations.s3 import S3Writer, partition_of
 from poller.engine.records import Record
 from poller.errors import DestinationError
-from poller.sources.sqs.event import AWS_ERRORS, QueueInfo, error_text, resolve_queue
+from poller.sources.protocol import EventFormat
+from poller.sources.sqs.event import QueueInfo, resolve_queue
 
 
 class SqsDestination:
@@ -35,7 +37,7 @@ class SqsDestination:
         self._queue: QueueInfo | None = None
         self._overflow = S3Writer(connection, settings.overflow_bucket) if settings.overflow_bucket else None
 
-    async def send(self, failure: dict[str, Any], records: Sequence[Record]) -> None:
+    async def send(self, failure: dict[str, Any], records: Sequence[Record], origin: EventFormat) -> None:
         try:
             client = await self._client.get()
             if self._queue is None:

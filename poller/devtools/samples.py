@@ -10,7 +10,7 @@ from aiokafka.structs import ConsumerRecord
 
 from poller.engine.records import Record
 from poller.sources import EventFormat
-from poller.sources.kafka.source import KafkaEventFormat, lane_name, to_records
+from poller.sources.kafka.event import KafkaEventFormat, lane_name, to_records
 from poller.sources.sqs import event as sqs
 
 

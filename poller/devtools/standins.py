@@ -21,21 +21,43 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from poller.errors import PollerError
+from poller.devtools.processes import (
+    LOOPBACK,
+    STOP_GRACE_SECONDS,
+    StandIn,
+    StandInError,
+    find_executable,
+    http_ok,
+    launch,
+    port_open,
+    stop_recorded_processes,
+    tail,
+)
 
-LOOPBACK = "127.0.0.1"
+__all__ = [
+    "KAFKA_PORT",
+    "KINESALITE_PORT",
+    "LOOPBACK",
+    "MOTO_PORT",
+    "RABBITMQ_PORT",
+    "StandIn",
+    "StandInError",
+    "port_open",
+    "start_kafka",
+    "start_kinesalite",
+    "start_moto",
+    "start_rabbitmq",
+    "stop_recorded",
+]
+
 DEFAULT_STATE_DIR = Path(".brokers")
 KAFKA_PORT = 9092
 MOTO_PORT = 4566
@@ -43,58 +65,6 @@ KINESALITE_PORT = 4567
 KINESALITE_VERSION = "3.3.3"
 RABBITMQ_PORT = 5672
 RABBITMQ_NODE = "rabbit@localhost"
-
-# SIGTERM first so that a broker can close its listener cleanly; SIGKILL only if it ignores that.
-STOP_GRACE_SECONDS = 5.0
-_POLL_INTERVAL = 0.05
-_LOG_TAIL_LINES = 30
-
-
-class StandInError(PollerError, RuntimeError):
-    """A stand-in broker could not be started; the message says why and how to fix it."""
-
-
-@dataclass
-class StandIn:
-    """A broker process this module started; the caller owns it and must call :meth:`stop`."""
-
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    pid_path: Path | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Terminate the process, kill it after ``grace`` seconds, and remove its pid file.
-
-        Safe to call twice. It only ever signals the child held in ``process``, never a pid read
-        back from disk, so it cannot hit an unrelated process that reused the pid.
-        """
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.pid_path is not None:
-            # Another start may have rewritten the file since; leave a pid that is not ours.
-            if _read_pid(self.pid_path) == self.process.pid:
-                self.pid_path.unlink(missing_ok=True)
-            self.pid_path = None
-
-
-def port_open(host: str, port: int, timeout: float = 0.25) -> bool:
-    """Whether a TCP connection to ``host:port`` succeeds (it cannot tell whose server it is)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def start_kafka(
@@ -129,7 +99,7 @@ def start_kafka(
         "--storage-engine",
         "memory://tansu/",
     ]
-    return _launch("tansu", argv, port, state_dir, timeout=timeout)
+    return launch("tansu", argv, port, state_dir, timeout=timeout)
 
 
 def start_moto(
@@ -144,14 +114,14 @@ def start_moto(
     """
     if port_open(LOOPBACK, port):
         return None
-    binary = _find_executable("moto_server")
+    binary = find_executable("moto_server")
     if binary is None:
         raise StandInError(
             "moto_server is not installed (it is not a poller dependency): run pip install 'moto[server]'"
         )
     argv = [binary, "-H", LOOPBACK, "-p", str(port)]
     url = f"http://{LOOPBACK}:{port}/moto-api/"
-    return _launch("moto", argv, port, state_dir, timeout=timeout, ready=lambda: _http_ok(url))
+    return launch("moto", argv, port, state_dir, timeout=timeout, ready=lambda: http_ok(url))
 
 
 # The kinesalite CLI has no host option and binds every interface, hence this launcher. Zero
@@ -193,7 +163,7 @@ def start_kinesalite(
         _npm_install(npm, home, f"kinesalite@{KINESALITE_VERSION}", install_timeout)
     launcher = home / "run.js"
     launcher.write_text(_KINESALITE_LAUNCHER)
-    return _launch("kinesalite", [node, str(launcher), str(port)], port, state_dir, timeout=timeout)
+    return launch("kinesalite", [node, str(launcher), str(port)], port, state_dir, timeout=timeout)
 
 
 @dataclass
@@ -278,7 +248,7 @@ def start_rabbitmq(
                 return None  # lost a race with another starter: use theirs
             raise StandInError(
                 f"rabbitmq-server did not start on {LOOPBACK}:{port} within {timeout:g} s; "
-                f"last lines of {log_path}:\n{_tail(log_path)}"
+                f"last lines of {log_path}:\n{tail(log_path)}"
             )
         time.sleep(0.25)
     return stand_in
@@ -315,70 +285,13 @@ STARTERS: dict[str, Callable[[Path], StandIn | None]] = {
 # The program (or, for interpreted ones, the script) a pid read from a file must be running before
 # `stop` signals it, so that a pid reused by an unrelated process after a crash is left alone. Only
 # the first two arguments count: a command such as `pytest -k tansu` must not match.
-_PROGRAMS: dict[str, str] = {"tansu": "tansu", "moto": "moto_server", "kinesalite": "kinesalite/run.js"}
+PROGRAMS: dict[str, str] = {"tansu": "tansu", "moto": "moto_server", "kinesalite": "kinesalite/run.js"}
 
 
-def stop_recorded(state_dir: Path = DEFAULT_STATE_DIR, grace: float = STOP_GRACE_SECONDS) -> list[str]:
-    """Stop every process named by a pid file in ``state_dir``; return what was stopped.
-
-    For scripts and CI traps, where the :class:`StandIn` objects are gone. A pid whose command line
-    does not look like the stand-in of that name is not signalled; its pid file is removed.
-    """
-    stopped: list[str] = []
-    if not state_dir.is_dir():
-        return stopped
-    for pid_path in sorted(state_dir.glob("*.pid")):
-        name = pid_path.stem
-        pid = _read_pid(pid_path)
-        if pid is not None and _runs(pid, _PROGRAMS.get(name, name)):
-            _terminate_pid(pid, grace)
-            stopped.append(f"{name} (pid {pid})")
-        pid_path.unlink(missing_ok=True)
-    return stopped
-
-
-def _launch(
-    name: str,
-    argv: Sequence[str],
-    port: int,
-    state_dir: Path,
-    *,
-    timeout: float,
-    ready: Callable[[], bool] | None = None,
-) -> StandIn | None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    log_path = state_dir / f"{name}.log"
-    pid_path = state_dir / f"{name}.pid"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    pid_path.write_text(f"{process.pid}\n")
-    stand_in = StandIn(name, port, process, log_path, pid_path)
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            stand_in.stop()
-            if port_open(LOOPBACK, port):
-                # Lost a race with another starter, which now serves the port: use theirs.
-                return None
-            raise StandInError(
-                f"{name} exited with code {process.returncode} before listening on {LOOPBACK}:{port}; "
-                f"last lines of {log_path}:\n{_tail(log_path)}"
-            )
-        if port_open(LOOPBACK, port) and (ready is None or ready()):
-            return stand_in
-        if time.monotonic() >= deadline:
-            stand_in.stop()
-            raise StandInError(
-                f"{name} was not ready on {LOOPBACK}:{port} after {timeout:g} s; "
-                f"last lines of {log_path}:\n{_tail(log_path)}"
-            )
-        time.sleep(_POLL_INTERVAL)
+def stop_recorded(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
+    """Stop the stand-ins named by pid files in ``state_dir`` (``python -m poller.devtools.standins
+    stop``, a CI trap); return what was stopped."""
+    return stop_recorded_processes(state_dir, PROGRAMS)
 
 
 def _npm_install(npm: str, home: Path, package: str, timeout: float) -> None:
@@ -396,78 +309,6 @@ def _npm_install(npm: str, home: Path, package: str, timeout: float) -> None:
     if result.returncode != 0:
         output = (result.stdout + result.stderr).decode(errors="replace").strip()
         raise StandInError(f"npm install {package} failed (exit {result.returncode}):\n{output}")
-
-
-def _find_executable(name: str) -> str | None:
-    # A venv's console scripts are not on PATH unless the venv is activated.
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which(name)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
-            return 200 <= int(response.status) < 300
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(cannot read the log: {exc})"
-    return "\n".join(text.splitlines()[-lines:]) or "(the log is empty)"
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _runs(pid: int, program: str) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        # Gone, or no /proc to check against: either way, do not signal.
-        return False
-    head = [arg.decode(errors="replace") for arg in cmdline.split(b"\0")[:2]]
-    return any(arg == program or arg.endswith("/" + program) for arg in head)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _terminate_pid(pid: int, grace: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while _alive(pid) and not _is_zombie(pid):
-        if time.monotonic() >= deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            return
-        time.sleep(_POLL_INTERVAL)
-
-
-def _is_zombie(pid: int) -> bool:
-    # A dead child of a still-running parent answers signal 0 until it is reaped.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

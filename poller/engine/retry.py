@@ -1,20 +1,30 @@
-"""Pure retry and bisect planning (SPEC section 6): an outcome in, a decision out, no I/O.
+"""The retry and bisect planner (SPEC section 6): the one place that decides what happens to a batch.
+
+Pure, no I/O. Before every attempt :func:`plan_attempt` says what to take out of the batch and what
+to invoke; after it, :func:`plan` turns the outcome into what to do next. Both return ordered
+actions that the batch processor carries out one by one.
 
 Counting rule: with bisect on, a failed batch of more than one record is split in two and the
 halves inherit its retry count; only the failure of a batch that can no longer be split counts
 against ``maximum_retry_attempts``. Without bisect every failed attempt counts. Record age is
-checked before every attempt (:func:`screen`). Backoff is 1 s doubling to 60 s with jitter.
+checked before every attempt. Backoff is 1 s doubling to 60 s with jitter.
 See https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-errors.html
+
+Draining rule: a lane that stops (the service drains, or its partition was revoked) still carries
+out the actions that settle what was already decided, :class:`Commit` and :class:`Release`, but
+none that starts new work: no :class:`Invoke`, :class:`Retry` or :class:`Split`, and no
+:class:`GiveUp` (its delivery may wait for a destination). What it leaves is read again later.
+Each action says so in ``while_draining``.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import ClassVar
 
-from poller.config import Mapping
+from poller.engine.backoff import Backoff
 from poller.engine.outcome import Failed, InvocationError, Outcome, PartiallyFailed, Succeeded
 from poller.engine.records import MAX_PAYLOAD_BYTES, Batch, Record
 
@@ -24,8 +34,10 @@ RECORD_TOO_LARGE = "RecordTooLarge"
 
 _timestamp = attrgetter("timestamp")
 
-BACKOFF_FIRST = 1.0
-BACKOFF_MAX = 60.0
+
+def batch_backoff() -> Backoff:
+    """The schedule of retries of failed batches: 1 s doubling to 60 s, with jitter."""
+    return Backoff(first=1.0, maximum=60.0)
 
 
 @dataclass(frozen=True)
@@ -34,22 +46,20 @@ class RetryPolicy:
     maximum_record_age: float  # seconds; -1 = no limit
     bisect: bool
     ordered: bool  # streams keep order: a partial failure retries from the lowest failed record
-    rng: random.Random = field(default_factory=random.Random, compare=False)
-
-    @classmethod
-    def of(cls, mapping: Mapping, *, ordered: bool, rng: random.Random | None = None) -> RetryPolicy:
-        return cls(
-            maximum_retry_attempts=mapping.maximum_retry_attempts,
-            maximum_record_age=mapping.maximum_record_age_in_seconds,
-            bisect=mapping.bisect_batch_on_function_error,
-            ordered=ordered,
-            rng=rng or random.Random(),
-        )
+    schedule: Backoff = field(default_factory=batch_backoff, compare=False)
+    max_bytes: int = MAX_PAYLOAD_BYTES  # a record larger than this cannot be invoked at all
 
     def backoff(self, retry: int) -> float:
-        """Delay before retry number ``retry`` (1-based): half fixed, half random ("equal jitter")."""
-        base = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (retry - 1))
-        return base / 2 + self.rng.random() * base / 2
+        """Delay before retry number ``retry`` (1-based)."""
+        return self.schedule.delay(retry)
+
+
+@dataclass(frozen=True)
+class Invoke:
+    """Invoke ``batch`` now."""
+
+    batch: Batch
+    while_draining: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class Commit:
     """These records succeeded: commit them (or the checkpoint they allow)."""
 
     records: list[Record]
+    while_draining: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -65,15 +76,21 @@ class Retry:
 
     batch: Batch
     delay: float
+    while_draining: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
 class Release:
-    """Hand ``records`` back to the broker, to be delivered again after ``delay`` seconds with their
-    attempt count raised (queues: the count then survives a restart, and nothing is held)."""
+    """Hand ``records`` back to the broker, to be delivered again after ``delay`` seconds (queues:
+    the broker then counts the attempt, which survives a restart, and nothing is held here).
+
+    ``held_back``: the records were not invoked; a record of their group (an SQS FIFO
+    MessageGroupId) went back earlier in the batch, and they must not be processed before it."""
 
     records: list[Record]
     delay: float
+    held_back: bool = False
+    while_draining: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -82,18 +99,74 @@ class Split:
 
     left: Batch
     right: Batch
+    while_draining: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
 class GiveUp:
-    """Retries are over: send ``batch`` to the on-failure destination, then commit it."""
+    """Retries are over, or the records cannot be invoked at all: send ``batch`` to the on-failure
+    destination, then commit it."""
 
     batch: Batch
     condition: str
     error: InvocationError
+    while_draining: ClassVar[bool] = False
 
 
-Action = Commit | Retry | Release | Split | GiveUp
+Action = Invoke | Commit | Retry | Release | Split | GiveUp
+
+_GIVE_UP_REASONS = {
+    RECORD_AGE_EXCEEDED: "record older than maximum_record_age_in_seconds",
+    RECORD_TOO_LARGE: "record larger than the 6 MB invocation payload limit",
+}
+
+
+def plan_attempt(
+    batch: Batch, now: float, policy: RetryPolicy, handed_back_groups: Mapping[str, float] | None = None
+) -> list[Action]:
+    """What to do before invoking ``batch`` at wall time ``now``, in order:
+
+    1. records of a group of which a record was handed back earlier in this batch (the left half of
+       a bisection; ``handed_back_groups`` maps each such group to its delay) go back too, uninvoked,
+       after the same delay, so that the group keeps its order (SQS FIFO);
+    2. records older than the maximum age are given up (RecordAgeExceeded), and records too large
+       to be invoked even alone are given up (RecordTooLarge);
+    3. what is left is invoked, if anything is.
+    """
+    actions: list[Action] = []
+    records = batch.records
+    if handed_back_groups:
+        held = [record for record in records if record.group in handed_back_groups]
+        if held:
+            delay = max(handed_back_groups[record.group] for record in held if record.group is not None)
+            actions.append(Release(held, delay, held_back=True))
+            records = [record for record in records if record.group not in handed_back_groups]
+            if not records:
+                return actions
+            batch = batch.derive(records)
+    # This runs before every attempt, so first the common case, in two C-level passes: no record
+    # is too old, and all of them together fit (then none is too large on its own).
+    max_age, max_bytes = policy.maximum_record_age, policy.max_bytes
+    fresh = max_age == -1 or now - min(map(_timestamp, records)) <= max_age
+    if fresh and batch.size <= max_bytes:
+        return [*actions, Invoke(batch)]
+    expired: list[Record] = []
+    too_large: list[Record] = []
+    kept: list[Record] = []
+    for record in records:
+        if max_age != -1 and now - record.timestamp > max_age:
+            expired.append(record)
+        elif record.size > max_bytes:
+            too_large.append(record)
+        else:
+            kept.append(record)
+    for taken, condition in ((expired, RECORD_AGE_EXCEEDED), (too_large, RECORD_TOO_LARGE)):
+        if taken:
+            error = InvocationError(condition, _GIVE_UP_REASONS[condition])
+            actions.append(GiveUp(batch.derive(taken), condition, error))
+    if kept:
+        actions.append(Invoke(batch if len(kept) == len(records) else batch.derive(kept)))
+    return actions
 
 
 def plan(batch: Batch, outcome: Outcome, policy: RetryPolicy, *, release: bool = False) -> list[Action]:
@@ -142,48 +215,3 @@ def _count_failure(batch: Batch, error: InvocationError, policy: RetryPolicy, re
         return [GiveUp(batch, RETRY_ATTEMPTS_EXHAUSTED, error)]
     retries = batch.retries + 1
     return [Retry(batch.derive(batch.records, retries=retries), policy.backoff(retries))]
-
-
-def hold_back(batch: Batch, groups: Collection[str]) -> tuple[Batch | None, list[Record]]:
-    """Take out of ``batch`` the records of ``groups``: groups of which a record was handed back to
-    the broker earlier in the same batch (the left half of a bisection). They must not be processed
-    before it, so they go back too. Returns what is left to invoke, if anything, and what was taken."""
-    if not groups:
-        return batch, []
-    held = [record for record in batch.records if record.group in groups]
-    if not held:
-        return batch, []
-    kept = [record for record in batch.records if record.group not in groups]
-    return (batch.derive(kept) if kept else None), held
-
-
-@dataclass(frozen=True)
-class Screened:
-    """A batch checked before an attempt: what may be invoked, and what must go to the destination."""
-
-    batch: Batch | None
-    expired: list[Record]
-    too_large: list[Record]
-
-
-def screen(batch: Batch, now: float, policy: RetryPolicy, max_bytes: int = MAX_PAYLOAD_BYTES) -> Screened:
-    """Take out records older than the maximum age and records too large to invoke on their own."""
-    records, max_age = batch.records, policy.maximum_record_age
-    # This runs before every attempt, so first the common case, in two C-level passes: no record
-    # is too old, and all of them together fit (then none is too large on its own).
-    fresh = max_age == -1 or now - min(map(_timestamp, records)) <= max_age
-    if fresh and batch.size <= max_bytes:
-        return Screened(batch, [], [])
-    expired: list[Record] = []
-    too_large: list[Record] = []
-    kept: list[Record] = []
-    for record in records:
-        if max_age != -1 and now - record.timestamp > max_age:
-            expired.append(record)
-        elif record.size > max_bytes:
-            too_large.append(record)
-        else:
-            kept.append(record)
-    if not expired and not too_large:
-        return Screened(batch, [], [])
-    return Screened(batch.derive(kept) if kept else None, expired, too_large)

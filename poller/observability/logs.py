@@ -1,16 +1,59 @@
-"""Logging: one JSON object per line on stderr, or plain text for people (SPEC section 8)."""
+"""Logging: one JSON object per line on stderr, or plain text for people (SPEC section 8).
+
+Every line logged while a mapping's tasks run carries the mapping's name, and every line logged
+while a batch is being processed carries its batch and trace ids, whichever module logs it (the
+runner, a source, a destination): they are kept in context variables, which asyncio copies into
+each task a mapping starts, and added to each line by :class:`ContextFilter`.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Literal
 
 import orjson
 
-# Fields that log calls pass through ``extra=`` and that belong in every line about a batch.
+# Fields of every line about a mapping or a batch (also accepted through ``extra=``).
 CONTEXT_FIELDS = ("mapping", "batch_id", "trace_id")
+
+_mapping: contextvars.ContextVar[str | None] = contextvars.ContextVar("poller_mapping", default=None)
+_batch: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar("poller_batch", default=None)
+
+
+def set_mapping_context(mapping: str) -> None:
+    """Name the mapping in every line logged from now on in this task and the tasks it starts
+    (call it first thing in the mapping's own task)."""
+    _mapping.set(mapping)
+
+
+@contextmanager
+def batch_context(batch_id: int, trace_id: str) -> Iterator[None]:
+    """Add a batch's ids to every line logged inside the block (in this task)."""
+    token = _batch.set((batch_id, trace_id))
+    try:
+        yield
+    finally:
+        _batch.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Adds the mapping and batch of the current context to a record that does not name them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "mapping", None) is None:
+            record.mapping = _mapping.get()
+        batch = _batch.get()
+        if batch is not None:
+            if getattr(record, "batch_id", None) is None:
+                record.batch_id = batch[0]
+            if getattr(record, "trace_id", None) is None:
+                record.trace_id = batch[1] or None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,6 +86,7 @@ class TextFormatter(logging.Formatter):
 def configure_logging(log_format: Literal["json", "text"] = "json", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

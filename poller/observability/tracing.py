@@ -1,18 +1,18 @@
 """Tracing (OpenTelemetry) and metrics (Prometheus) around the engine's steps (SPEC section 8).
 
-The runner calls three hooks — a batch, an invocation attempt, an on-failure delivery — and never
-touches OpenTelemetry itself. Span names and attributes follow the OpenTelemetry messaging
+The batch processor calls three hooks — a batch, an invocation attempt, an on-failure delivery —
+and never touches OpenTelemetry itself. Span names and attributes follow the OpenTelemetry messaging
 semantic conventions as of v1.27 (``messaging.operation.type``, ``messaging.consumer.group.name``,
-``messaging.batch.message_count``); Kinesis has no well-known ``messaging.system`` value, so it is
-``aws.kinesis``. A batch span links to every record's producer context (W3C ``traceparent`` in
-Kafka or AMQP headers or SQS message attributes, or SQS's X-Ray ``AWSTraceHeader``).
+``messaging.batch.message_count``); each source's event format names its ``messaging.system``. A
+batch span links to every record's producer context, which the event format finds in the record
+(W3C ``traceparent`` in Kafka or AMQP headers or SQS message attributes, or SQS's X-Ray header).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,32 +24,27 @@ from prometheus_client import CollectorRegistry, Histogram
 from poller.config import Mapping as MappingConfig
 from poller.engine.outcome import Failed, Outcome, PartiallyFailed
 from poller.engine.records import Batch, Record
+from poller.sources.protocol import EventFormat, Source
 
 SEMCONV_VERSION = "1.27.0"
 MAX_LINKS = 128  # the SDK's default span link limit
 
-MESSAGING_SYSTEM = {"kafka": "kafka", "rabbitmq": "rabbitmq", "sqs": "aws_sqs", "kinesis": "aws.kinesis"}
-
 
 @dataclass(frozen=True)
 class MappingInfo:
-    """What every span and metric of one mapping carries."""
+    """What every span of one mapping carries."""
 
     mapping: str
     function: str
-    source_type: str
-    destination: str  # topic, queue or stream the mapping reads
+    messaging_system: str  # OpenTelemetry's messaging.system of the broker
+    source_name: str  # the topics, queues or stream the mapping reads (messaging.destination.name)
     consumer_group: str | None = None
 
     @classmethod
-    def of(cls, name: str, mapping: MappingConfig) -> MappingInfo:
-        source = mapping.source
-        names = getattr(source, "topics", None) or getattr(source, "queues", None)
-        destination = (
-            ",".join(names) if names else str(getattr(source, "queue", None) or getattr(source, "stream", ""))
+    def of(cls, name: str, mapping: MappingConfig, source: Source) -> MappingInfo:
+        return cls(
+            name, mapping.function_name, source.format.messaging_system, source.reads, source.consumer_group
         )
-        group = (getattr(source, "consumer_group_id", None) or name) if source.type == "kafka" else None
-        return cls(name, mapping.function_name, source.type, destination, group)
 
 
 class Telemetry:
@@ -84,16 +79,21 @@ class Telemetry:
 
     @contextmanager
     def batch(
-        self, info: MappingInfo, batch: Batch, positions: tuple[Any, Any], parent: bool
+        self,
+        info: MappingInfo,
+        source_format: EventFormat,
+        batch: Batch,
+        positions: tuple[Any, Any],
+        parent: bool,
     ) -> Iterator[None]:
         """The span of a batch (``process <destination>``, CONSUMER). A bisected half is opened
         inside its parent's span and so becomes its child. Sets ``batch.trace_id``."""
-        links = [Link(context) for context in producer_contexts(batch.records)[:MAX_LINKS]]
+        links = [Link(context) for context in producer_contexts(batch.records, source_format)[:MAX_LINKS]]
         attributes: dict[str, Any] = {
-            "messaging.system": MESSAGING_SYSTEM.get(info.source_type, info.source_type),
+            "messaging.system": info.messaging_system,
             "messaging.operation.name": "process",
             "messaging.operation.type": "process",
-            "messaging.destination.name": info.destination,
+            "messaging.destination.name": info.source_name,
             "messaging.destination.partition.id": batch.records[0].partition,
             "messaging.batch.message_count": len(batch.records),
             "poller.mapping": info.mapping,
@@ -104,7 +104,7 @@ class Telemetry:
         }
         if info.consumer_group:
             attributes["messaging.consumer.group.name"] = info.consumer_group
-        name = f"process {info.destination}" if not parent else f"process {info.destination} (bisected)"
+        name = f"process {info.source_name}" if not parent else f"process {info.source_name} (bisected)"
         with self.tracer.start_as_current_span(
             name, kind=SpanKind.CONSUMER, attributes=attributes, links=links
         ) as span:
@@ -177,42 +177,17 @@ def trace_headers() -> dict[str, str]:
     return carrier
 
 
-def producer_contexts(records: Sequence[Record]) -> list[SpanContext]:
-    """The producers' span contexts that records carry, in any of the four AWS event shapes."""
+def producer_contexts(records: Sequence[Record], source_format: EventFormat) -> list[SpanContext]:
+    """The producers' span contexts that records carry (as their event format finds them)."""
     contexts = []
+    trace_parent = source_format.trace_parent
     for record in records:
-        payload = record.payload
-        if payload.get("headers") == []:
-            continue  # a Kafka record without headers, the common case: nothing to look for
-        context = _producer_context(payload)
-        if context is not None:
-            contexts.append(context)
+        value = trace_parent(record)
+        if value is not None:
+            context = _from_traceparent(value)
+            if context is not None:
+                contexts.append(context)
     return contexts
-
-
-def _producer_context(payload: Mapping[str, Any]) -> SpanContext | None:
-    headers = payload.get("headers")
-    if isinstance(headers, list):  # Kafka: [{"name": [signed bytes]}]
-        for header in headers:
-            value = header.get("traceparent") if isinstance(header, dict) else None
-            if isinstance(value, list):
-                return _from_traceparent(bytes(b & 0xFF for b in value).decode(errors="replace"))
-    attributes = payload.get("messageAttributes")
-    if isinstance(attributes, dict):  # SQS: W3C in a message attribute, else X-Ray's header
-        value = attributes.get("traceparent")
-        if isinstance(value, dict) and isinstance(value.get("stringValue"), str):
-            return _from_traceparent(value["stringValue"])
-        system = payload.get("attributes")
-        if isinstance(system, dict) and isinstance(system.get("AWSTraceHeader"), str):
-            return _from_xray(system["AWSTraceHeader"])
-    properties = payload.get("basicProperties")
-    if isinstance(properties, dict) and isinstance(properties.get("headers"), dict):  # RabbitMQ
-        value = properties["headers"].get("traceparent")
-        if isinstance(value, dict) and isinstance(value.get("bytes"), list):
-            value = bytes(b & 0xFF for b in value["bytes"]).decode(errors="replace")
-        if isinstance(value, str):
-            return _from_traceparent(value)
-    return None
 
 
 def _from_traceparent(value: str) -> SpanContext | None:
@@ -225,18 +200,6 @@ def _from_traceparent(value: str) -> SpanContext | None:
         return None
     context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1))
     return context if context.is_valid else None
-
-
-def _from_xray(value: str) -> SpanContext | None:
-    # Root=1-<8 hex epoch>-<24 hex>;Parent=<16 hex>;Sampled=0|1
-    fields = dict(part.split("=", 1) for part in value.split(";") if "=" in part)
-    root, parent = fields.get("Root", ""), fields.get("Parent", "")
-    pieces = root.split("-")
-    if len(pieces) != 3 or len(parent) != 16:
-        return None
-    return _from_traceparent(
-        f"00-{pieces[1]}{pieces[2]}-{parent}-{'01' if fields.get('Sampled') == '1' else '00'}"
-    )
 
 
 def configure_tracing() -> None:
@@ -291,3 +254,11 @@ def shutdown_tracing() -> None:
     shutdown = getattr(provider, "shutdown", None)
     if callable(shutdown):
         shutdown()
+
+
+def flush_tracing(timeout: float) -> None:
+    """Export the spans still buffered, waiting at most ``timeout`` seconds (before a forced exit)."""
+    provider = trace.get_tracer_provider()
+    force_flush = getattr(provider, "force_flush", None)
+    if callable(force_flush):
+        force_flush(int(timeout * 1000))

@@ -24,16 +24,11 @@ from typing import Any
 import orjson
 
 from poller.config import Function
+from poller.connections.aws import ACCOUNT_ID, default_region
 from poller.engine.outcome import InvocationError
 from poller.runtime.handler import load_handler
 
 log = logging.getLogger(__name__)
-
-ACCOUNT_ID = "000000000000"
-
-
-def default_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 @dataclass(frozen=True)

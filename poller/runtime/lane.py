@@ -1,26 +1,31 @@
-"""A lane: the ordered stream of one partition's records, processed one batch at a time by its own task."""
+"""A lane: the ordered stream of one lane's records, processed one batch at a time by its own task."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+from poller.clock import first_of
 from poller.engine.batching import Batcher
+from poller.engine.checkpoint import CommitTracker
 from poller.engine.records import Record
 
 
 class Lane:
-    """The ordered stream of one lane's records and the task that processes them."""
+    """The records of one lane (``Record.lane``) waiting in its batcher, and the state of the task
+    that processes them. ``tracker`` is the ordered-commit tracker of the lane's partition, shared
+    by every lane of that partition (Kinesis with ``parallelization_factor`` > 1); None for queues."""
 
-    def __init__(self, name: str, partition: str, batcher: Batcher) -> None:
+    def __init__(self, name: str, partition: str, batcher: Batcher, tracker: CommitTracker | None) -> None:
         self.name = name
         self.partition = partition
         self.batcher = batcher
+        self.tracker = tracker
         self.paused = False
         self.revoked = False  # once set, nothing of this lane commits any more
         # Groups (Record.group) of which a record was handed back during the current batch, with the
         # delay: their later records in the batch go back after them instead of being invoked.
-        self.released_groups: dict[str, float] = {}
+        self.handed_back_groups: dict[str, float] = {}
         self.stopping = asyncio.Event()
         self.finished = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -43,14 +48,3 @@ class Lane:
 
     def stop(self) -> None:
         self.stopping.set()
-
-
-async def first_of(*events: asyncio.Event, within: float | None = None) -> bool:
-    """Wait until any event is set or the timeout passes; True if an event was set."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        done, _ = await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-    return bool(done)

@@ -1,12 +1,17 @@
-"""What a mapping reports about itself: its state and its record counts (``/mappings``, ``/metrics``)."""
+"""What a mapping reports about itself (``/mappings``, ``/readyz``, ``/metrics``): its status and counts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+# As AWS names an event source mapping's State (UpdateEventSourceMapping); Failed is poller's own,
+# for a mapping that stopped on an error it cannot heal from.
+MappingState = Literal["Creating", "Connecting", "Enabled", "Disabling", "Disabled", "Failed"]
 
 
 @dataclass
-class MappingStats:
+class MappingCounts:
     """Record counts since start, per mapping (AWS's ESM EventCount metrics, and a few more)."""
 
     polled: int = 0
@@ -25,8 +30,11 @@ class MappingStats:
 
 
 @dataclass
-class MappingState:
-    state: str = "Creating"  # Creating, Connecting, Enabled, Disabling, Disabled, Failed
-    last_error: str | None = None
+class MappingStatus:
+    """One mapping's state, whether it is connected and polling (``ready``), why not if it is not
+    (``last_error``), and its counts."""
+
+    state: MappingState = "Creating"
     ready: bool = False
-    stats: MappingStats = field(default_factory=MappingStats)
+    last_error: str | None = None
+    counts: MappingCounts = field(default_factory=MappingCounts)

@@ -1,19 +1,36 @@
 """The contract between the engine and a broker: a Source, and the EventFormat of its events.
 
-One module per broker implements it; the engine never branches on the broker type. Sources are
-found by the ``type`` of their config through :func:`build_source`.
+One package per broker implements it; the engine and the cross-cutting code (tracing, metrics,
+destinations) never branch on the broker type: what they need to know of a broker, its source and
+its event format answer here. Optional capabilities are small protocols of their own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from poller.engine.records import Record
+from poller.tasks import BackgroundTasks
+
+
+@dataclass(frozen=True)
+class OriginalMessage:
+    """A record as the message it was, for a destination that writes it again as a message of its
+    own (the Kafka destination keeps the original key and headers, as AWS's does): its key, its
+    headers, and where it was, as ``x-poller-<name>`` headers (Kafka: topic, partition, offset)."""
+
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    location: dict[str, str] = field(default_factory=dict)
 
 
 class EventFormat(Protocol):
     """Pure translation between records and the AWS event shape of one source type."""
+
+    # The OpenTelemetry ``messaging.system`` of the broker (semantic conventions 1.27).
+    messaging_system: str
 
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
         """The handler's event for a batch, exactly as AWS would build it.
@@ -29,6 +46,15 @@ class EventFormat(Protocol):
     def item_key(self, identifier: object) -> Hashable | None:
         """Normalise one ``batchItemFailures[].itemIdentifier`` to a ``Record.item_key``, or None
         when it does not have this source's identifier shape."""
+
+    def trace_parent(self, record: Record) -> str | None:
+        """The W3C ``traceparent`` of the producer's trace that the record carries, if any (Kafka
+        and AMQP headers, SQS message attributes or SQS's X-Ray ``AWSTraceHeader``). Called for every
+        record of every batch: cheap when there is none."""
+
+    def original_message(self, record: Record) -> OriginalMessage | None:
+        """The record as a message that can be written again, or None when the source's records
+        have no key and headers worth keeping."""
 
 
 class LaneListener(Protocol):
@@ -47,10 +73,16 @@ class Source(Protocol):
 
     ordered: ClassVar[bool]
     format: EventFormat
+    # What the mapping reads, as spans name it (OpenTelemetry's ``messaging.destination.name``):
+    # its topics, queues or stream; and the consumer group it reads them as, if the broker has one.
+    reads: str
+    consumer_group: str | None
 
-    async def start(self, listener: LaneListener) -> None:
-        """Connect and subscribe. Raises SourceError: retriable ones are retried with backoff by the
-        caller, others (an unknown topic, bad credentials) stop the service at start."""
+    async def start(self, listener: LaneListener, tasks: BackgroundTasks) -> None:
+        """Connect and subscribe; start background work (receivers, committers, lease renewals)
+        with ``tasks``, whose owner cancels and awaits it after :meth:`close` (or after a failed
+        start). Raises SourceError: retriable ones are retried with backoff by the caller, others
+        (an unknown topic, bad credentials) stop the service at start."""
 
     async def poll(self) -> list[Record]:
         """Wait up to about half a second for records; an empty list when there are none."""
@@ -63,7 +95,7 @@ class Source(Protocol):
         was handed over before they return."""
 
     async def close(self) -> None:
-        """Leave the group / close the connection. Never raises."""
+        """Leave the group / close the connection, also after a failed or no start. Never raises."""
 
 
 @runtime_checkable
@@ -86,10 +118,22 @@ class Releasing(Protocol):
         Raises SourceError; the records then come back by the broker's own timeout."""
 
 
+@dataclass(frozen=True)
+class LagMetric:
+    """How a source's lag is published: the Prometheus gauge (labelled by mapping and partition),
+    its help text, and its key in ``/mappings``."""
+
+    name: str
+    help: str
+    key: str = "lag"
+
+
 @runtime_checkable
 class Lagging(Protocol):
     """A source that knows how far behind it is, per partition, without I/O at call time."""
 
+    lag_metric: ClassVar[LagMetric]
+
     def lag(self) -> dict[str, int]:
         """Kafka: records between the committed offset and the end of each partition. Queues:
-        messages waiting (one entry per queue)."""
+        messages waiting (one entry per queue). Kinesis: milliseconds behind the shard's end."""

@@ -90,7 +90,7 @@ async def test_ten_thousand_records_once_in_order_and_committed(kafka_bootstrap:
             lambda: _committed_is(kafka_bootstrap, config, topic, {p: 2500 for p in range(4)}),
             message="offsets committed",
         )
-        assert app.runners["m"].stats.dead_lettered == 0
+        assert app.runners["m"].status.counts.dead_lettered == 0
     seen = handled(topic)
     assert len(seen) == 10_000, "each record exactly once on the happy path"
     for partition in range(4):
@@ -132,7 +132,7 @@ async def test_poison_record_is_isolated_by_bisect_and_dead_lettered(kafka_boots
             timeout=60,
             message="committed past the poison record",
         )
-        stats = app.runners["m"].stats
+        stats = app.runners["m"].status.counts
     messages = await consume_all(kafka_bootstrap, dlq, 1, timeout=30)
     assert len(messages) == 1
     message = messages[0]
@@ -318,7 +318,7 @@ async def test_values_that_are_not_utf8_or_json_are_passed_as_is(kafka_bootstrap
     config = make_config(kafka_bootstrap, topic, "recorder:collect")
     async with running(config) as app:
         await wait_for(lambda: len(handled(topic)) == 4, timeout=30)
-        assert app.runners["m"].stats.failed == 0
+        assert app.runners["m"].status.counts.failed == 0
     records = [r for call in recorder.CALLS[topic] for r in call]
     assert [base64.b64decode(r["value"]) for r in records] == values
     assert all("key" not in r for r in records), "a null key is left out, as AWS does"
@@ -331,7 +331,7 @@ async def test_powertools_kafka_event_reads_our_event(kafka_bootstrap: str) -> N
     config = make_config(kafka_bootstrap, topic, "recorder:powertools")
     async with running(config) as app:
         await wait_for(lambda: recorder.CALLS["powertools:" + topic], timeout=30)
-        assert app.runners["m"].stats.failed == 0
+        assert app.runners["m"].status.counts.failed == 0
     [[seen]] = recorder.CALLS["powertools:" + topic]
     assert seen == {
         "topic": topic,
@@ -361,13 +361,13 @@ async def test_rebalance_hands_partitions_over_without_loss(kafka_bootstrap: str
         async with running(config) as second:
             # Both members hold partitions: the group rebalanced while batches were in flight.
             await wait_for(
-                lambda: second.runners["m"].stats.invoked > 0, timeout=60, message="second member got work"
+                lambda: second.runners["m"].status.counts.invoked > 0, timeout=60, message="second member got work"
             )
             await wait_for(
                 lambda: len(set(handled(topic))) == 2000, timeout=120, message="everything handled"
             )
             await wait_for(lambda: _committed_is(kafka_bootstrap, config, topic, {p: 500 for p in range(4)}))
-        assert first.runners["m"].stats.invoked > 0
+        assert first.runners["m"].status.counts.invoked > 0
     seen = handled(topic)
     assert set(seen) == {(i % 4, i // 4) for i in range(2000)}
     # Revoked partitions were committed after their in-flight batch, so re-reads are rare.

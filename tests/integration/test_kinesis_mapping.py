@@ -92,7 +92,7 @@ async def test_ten_thousand_records_over_four_shards_in_order(
         await wait_for(
             lambda: checkpoints(tmp_path, stream) == last, message="checkpoints at each shard's end"
         )
-        stats = app.runners["m"].stats
+        stats = app.runners["m"].status.counts
         assert stats.failed == stats.dead_lettered == 0
         assert set(source_of(app).iterator_age()) == set(last), "MillisBehindLatest of every shard"
     print(f"factor {factor}: 10,000 records in {elapsed:.2f} s")
@@ -148,7 +148,7 @@ async def test_poison_record_is_isolated_by_bisect_and_the_shard_continues(
         await wait_for(
             lambda: checkpoints(tmp_path, stream) == {shard: last}, timeout=60, message="checkpoint past it"
         )
-        stats = app.runners["m"].stats
+        stats = app.runners["m"].status.counts
     [failure] = [json.loads(line) for line in dead_letters.read_text().splitlines()]
     [record] = failure["records"]
     assert recorder.data_of(record) == b"poison!"
@@ -314,7 +314,7 @@ async def test_powertools_batch_processor_works_unchanged(kinesis_endpoint: str,
     shard, last = written[-1]
     async with running(config, FakeClock()) as app:
         await wait_for(lambda: checkpoints(tmp_path, stream) == {shard: last}, timeout=30)
-        stats = app.runners["m"].stats
+        stats = app.runners["m"].status.counts
     seen = recorder.POWERTOOLS_SEEN[stream]
     # The first invocation saw all ten, decoded by Powertools' data classes; record 4 failed, so
     # the batch was retried from it (records 4..9), as AWS does for streams.
@@ -349,7 +349,7 @@ async def test_two_replicas_in_one_process_split_the_shards_and_hand_them_over(
             leases = await dynamodb_leases(moto_endpoint, table, "m", stream)
             owners = {lease["owner"] for lease in leases.values()}
             assert owners == {source_of(first).owner, source_of(second).owner}
-            await wait_for(lambda: second.runners["m"].stats.succeeded >= 50, message="second works")
+            await wait_for(lambda: second.runners["m"].status.counts.succeeded >= 50, message="second works")
         # The second replica left and released its leases: the first takes them at once.
         await wait_for(lambda: len(source_of(first).shards()) == 4, timeout=10, message="all back")
         await wait_for(lambda: len(handled(stream)) >= 3000, timeout=60, message="everything handled")

@@ -65,7 +65,7 @@ async def test_conditional_writes_refuse_a_stale_holder(store: LeaseStore) -> No
     assert stolen.checkpoint == "4959"
     assert await store.checkpoint(checkpointed, "5000") is None
     assert await store.renew(checkpointed) is None
-    assert await store.release(checkpointed) is None
+    assert await store.free(checkpointed) is None
     [current] = await store.list_leases()
     assert current == stolen
 
@@ -91,10 +91,10 @@ async def test_graceful_handoff_and_release(store: LeaseStore) -> None:
     adopted = await store.take(handed, "b")
     assert adopted is not None
     assert adopted.owner == "b"
-    released = await store.release(adopted)
+    released = await store.free(adopted)
     assert released is not None
     assert released.owner is None
-    finished = await store.checkpoint(await _take(store, released, "c"), SHARD_END, release=True)
+    finished = await store.checkpoint(await _take(store, released, "c"), SHARD_END, free=True)
     assert finished is not None
     assert finished.finished
     assert finished.owner is None

@@ -118,7 +118,7 @@ async def test_ten_thousand_messages_handled_in_concurrent_batches_and_acked(
         source = source_of(app)
         await wait_for(lambda: source.unacked == 0, timeout=10, message="every delivery acked")
         assert source.connections == 1
-        assert app.runners["m"].stats.dead_lettered == 0
+        assert app.runners["m"].status.counts.dead_lettered == 0
     # The connection is closed now, so anything left unacked would be back in the queue.
     assert await depth(amqp_url, queue) == 0
     assert sorted(bodies(queue)) == sorted(expected), "each message exactly once on the happy path"
@@ -182,7 +182,7 @@ async def test_poison_message_isolated_by_bisect_and_dead_lettered_with_its_prop
     async with running(config, FakeClock()) as app:
         await wait_for(lambda: depth(amqp_url, dlq), timeout=60, message="the poison message dead-lettered")
         await wait_for(lambda: source_of(app).unacked == 0, timeout=10, message="everything acked")
-        stats = app.runners["m"].stats
+        stats = app.runners["m"].status.counts
     assert await depth(amqp_url, queue) == 0
     assert await retry_depth(amqp_url, queue) == 0
 
@@ -487,10 +487,10 @@ async def test_unroutable_destination_is_retried_and_the_message_stays_unacked(
         async with running(config, clock) as app:
             source = source_of(app)
             await wait_for(lambda: clock.slept >= 7, timeout=30, message="the destination retried")
-            assert app.runners["m"].stats.dead_lettered == 0
+            assert app.runners["m"].status.counts.dead_lettered == 0
             assert source.unacked == 1, "not acked while the destination has not confirmed"
             await declare(amqp_url, dlq)
-            await wait_for(lambda: app.runners["m"].stats.dead_lettered == 1, timeout=60)
+            await wait_for(lambda: app.runners["m"].status.counts.dead_lettered == 1, timeout=60)
             await wait_for(lambda: source.unacked == 0, timeout=10)
         [dead] = await take(amqp_url, dlq)
         assert json.loads(dead.body)["records"][0]["basicProperties"]["messageId"] == "p-1"
@@ -507,7 +507,7 @@ async def test_failure_record_too_large_for_the_broker_goes_without_its_records(
     config = make_config(amqp_url, [queue], "rmq_handlers:poison", dlq=dlq, maximum_retry_attempts=0)
     with broker_settings(max_message_size=2000):
         async with running(config, FakeClock()) as app:
-            await wait_for(lambda: app.runners["m"].stats.dead_lettered == 1, timeout=30)
+            await wait_for(lambda: app.runners["m"].status.counts.dead_lettered == 1, timeout=30)
             await wait_for(lambda: source_of(app).unacked == 0, timeout=10)
     [dead] = await take(amqp_url, dlq)
     failure = json.loads(dead.body)

@@ -190,7 +190,7 @@ async def test_two_thousand_messages_in_waves_with_five_concurrent_batches(
         await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
         # With the backlog gone, empty long polls retire the extra receivers.
         await wait_for(lambda: source.receivers == 1, timeout=30, message="receivers scaled back to one")
-        stats = app.runners["m"].stats
+        stats = app.runners["m"].status.counts
         assert stats.dead_lettered == 0
         assert source.in_flight == 0
         assert set(source.lag()) == {name}, "the backlog metric names the queue"
@@ -284,7 +284,7 @@ async def test_poison_message_is_isolated_by_bisect_and_only_it_reaches_the_dest
     async with running(config) as app:
         await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
         documents = await _failure_documents(kind, moto_endpoint, target, 1)
-        stats = app.runners["m"].stats
+        stats = app.runners["m"].status.counts
     assert sorted(bodies_succeeded(name)) == sorted(set(bodies) - {"poison!"}), "the rest handled once"
     assert stats.dead_lettered == 1
     # Logarithmic: about 2 log2(100) invocations (two batches if the window closed early).
@@ -334,7 +334,7 @@ async def test_partial_batch_response_retries_only_the_reported_messages(
     async with running(config) as app:
         await wait_for(lambda: len(bodies_succeeded(name)) == 20, timeout=30, message="all succeeded")
         await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
-        assert app.runners["m"].stats.dead_lettered == 0
+        assert app.runners["m"].status.counts.dead_lettered == 0
     seen: dict[str, list[str]] = {}
     for call in sqs_handlers.CALLS[name]:
         for record in call:
@@ -393,7 +393,7 @@ async def test_handler_slower_than_the_visibility_timeout_gets_the_message_once(
     async with running(config) as app:
         await wait_for(lambda: bodies_succeeded(name), timeout=30, message="handled")
         await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=10, message="deleted")
-        assert app.runners["m"].stats.invocations == 1
+        assert app.runners["m"].status.counts.invocations == 1
     [[record]] = sqs_handlers.CALLS[name]
     assert record["attributes"]["ApproximateReceiveCount"] == "1"
 
@@ -416,7 +416,7 @@ async def test_fifo_groups_keep_their_order_under_failures_and_retries(sqs: Any,
     async with running(config, unhurried_retries=True) as app:
         await wait_for(lambda: len(bodies_succeeded(name)) >= len(bodies), timeout=60, message="all handled")
         await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
-        assert app.runners["m"].stats.dead_lettered == 0
+        assert app.runners["m"].status.counts.dead_lettered == 0
     succeeded = sqs_handlers.SUCCEEDED[name]
     # Every invocation, with each message's receive count: what to look at when the order breaks.
     calls = [
@@ -441,7 +441,7 @@ async def test_powertools_batch_processor_works_unchanged(sqs: Any, moto_endpoin
     )
     async with running(config) as app:
         await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
-        stats = app.runners["m"].stats
+        stats = app.runners["m"].status.counts
         assert stats.dead_lettered == 0
     seen = [entry for call in sqs_handlers.CALLS["powertools:" + name] for entry in call]
     attempts = Counter(entry["messageId"] for entry in seen)

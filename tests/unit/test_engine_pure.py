@@ -6,21 +6,24 @@ import random
 
 import pytest
 
+from poller.engine.backoff import Backoff
 from poller.engine.batching import Batcher
 from poller.engine.checkpoint import CommitTracker
 from poller.engine.outcome import Failed, InvocationError, PartiallyFailed, Succeeded, outcome_of
 from poller.engine.records import Batch, Record
 from poller.engine.retry import (
     RECORD_AGE_EXCEEDED,
+    RECORD_TOO_LARGE,
     RETRY_ATTEMPTS_EXHAUSTED,
     Commit,
     GiveUp,
+    Invoke,
     Release,
     Retry,
     RetryPolicy,
     Split,
     plan,
-    screen,
+    plan_attempt,
 )
 
 
@@ -37,7 +40,7 @@ def rec(position: int, *, size: int = 10, timestamp: float = 1000.0, lane: str =
 
 
 def policy(retries: int = -1, age: float = -1, bisect: bool = False, ordered: bool = True) -> RetryPolicy:
-    return RetryPolicy(retries, age, bisect, ordered, random.Random(7))
+    return RetryPolicy(retries, age, bisect, ordered, Backoff(1.0, 60.0, rng=random.Random(7)))
 
 
 FAILED = Failed(InvocationError("ValueError", "boom"))
@@ -213,32 +216,66 @@ def test_backoff_doubles_to_sixty_seconds_with_jitter() -> None:
         assert base / 2 <= delay <= base
 
 
-def test_screen_takes_out_expired_and_too_large_records() -> None:
+def positions(batch: Batch) -> list[int]:
+    return [record.position for record in batch.records]
+
+
+def test_before_an_attempt_expired_and_too_large_records_are_given_up_and_the_rest_invoked() -> None:
     batch = Batch([rec(0, timestamp=0), rec(1, timestamp=950), rec(2, size=10**9, timestamp=990)])
-    screened = screen(batch, now=1000.0, policy=policy(age=60))
-    assert [r.position for r in screened.expired] == [0]
-    assert [r.position for r in screened.too_large] == [2]
-    assert screened.batch is not None
-    assert [r.position for r in screened.batch.records] == [1]
+    expired, too_large, invoke = plan_attempt(batch, now=1000.0, policy=policy(age=60))
+    assert isinstance(expired, GiveUp)
+    assert (positions(expired.batch), expired.condition) == ([0], RECORD_AGE_EXCEEDED)
+    assert isinstance(too_large, GiveUp)
+    assert (positions(too_large.batch), too_large.condition) == ([2], RECORD_TOO_LARGE)
+    assert isinstance(invoke, Invoke)
+    assert positions(invoke.batch) == [1]
 
 
-def test_screen_takes_out_a_lone_record_too_large_to_invoke() -> None:
-    screened = screen(Batch([rec(0, size=10**9, timestamp=990)]), now=1000.0, policy=policy(age=60))
-    assert screened.batch is None
-    assert [r.position for r in screened.too_large] == [0]
+def test_a_lone_record_too_large_to_invoke_is_given_up_and_nothing_invoked() -> None:
+    [give_up] = plan_attempt(Batch([rec(0, size=10**9, timestamp=990)]), now=1000.0, policy=policy(age=60))
+    assert isinstance(give_up, GiveUp)
+    assert give_up.condition == RECORD_TOO_LARGE
 
 
-def test_screen_keeps_a_batch_with_nothing_to_take_out() -> None:
+def test_a_batch_with_nothing_to_take_out_is_invoked_as_it_is() -> None:
     batch = Batch([rec(i, timestamp=950 + i) for i in range(3)])
-    screened = screen(batch, now=1000.0, policy=policy(age=60))
-    assert screened.batch is batch
-    assert screened.expired == screened.too_large == []
+    assert plan_attempt(batch, now=1000.0, policy=policy(age=60)) == [Invoke(batch)]
 
 
-def test_screen_without_age_limit_keeps_old_records() -> None:
+def test_without_an_age_limit_old_records_are_invoked() -> None:
     batch = Batch([rec(0, timestamp=0)])
-    assert screen(batch, now=10**9, policy=policy(age=-1)).batch is batch
-    assert RECORD_AGE_EXCEEDED == "RecordAgeExceeded"
+    assert plan_attempt(batch, now=10**9, policy=policy(age=-1)) == [Invoke(batch)]
+
+
+def test_records_of_a_group_handed_back_earlier_go_back_after_it_uninvoked() -> None:
+    a1, b1, a2 = rec(1), rec(2), rec(3)
+    a1.group = a2.group = "a"
+    b1.group = "b"
+    release, invoke = plan_attempt(
+        Batch([a1, b1, a2]), now=1000.0, policy=policy(), handed_back_groups={"a": 4.0}
+    )
+    assert release == Release([a1, a2], 4.0, held_back=True)
+    assert isinstance(invoke, Invoke)
+    assert invoke.batch.records == [b1]
+    [only] = plan_attempt(Batch([a1]), now=1000.0, policy=policy(), handed_back_groups={"a": 4.0})
+    assert isinstance(only, Release)
+
+
+def test_a_stopping_lane_settles_what_was_decided_and_starts_nothing_new() -> None:
+    """The draining rule, as data: commit and hand back still run while a lane stops (drain,
+    revocation); invoking, retrying, splitting and giving up do not."""
+    still = {kind.__name__ for kind in (Invoke, Commit, Retry, Release, Split, GiveUp) if kind.while_draining}
+    assert still == {"Commit", "Release"}
+
+
+def test_backoff_doubles_from_first_to_maximum_with_equal_jitter_and_resets() -> None:
+    backoff = Backoff(first=0.5, maximum=4.0, rng=random.Random(1))
+    delays = [backoff.next() for _ in range(6)]
+    for delay, nominal in zip(delays, [0.5, 1, 2, 4, 4, 4], strict=True):
+        assert nominal / 2 <= delay <= nominal
+    backoff.reset()
+    assert backoff.next() <= 0.5
+    assert Backoff(first=1.0, maximum=8.0, jitter=False).delay(3) == 4.0
 
 
 # --- ordered commits -----------------------------------------------------------------------------

@@ -1,21 +1,20 @@
-"""KafkaSource commits in the background without weakening at least once: offsets are queued once
-their records completed, one request is in flight at a time and the next carries what finished
-meanwhile, a failed request's offsets are sent again, a partition no longer assigned is never
-committed, and close() commits what is queued before leaving."""
+"""Kafka offsets are committed in the background without weakening at least once: offsets are
+queued once their records completed, one request is in flight at a time and the next carries what
+finished meanwhile, a failed request's offsets are sent again, a partition no longer assigned is
+never committed, and the final flush (the source's close) commits what is queued, even a request
+that was cut short."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-from poller.config import KafkaConnection, Mapping
-from poller.config import KafkaSource as KafkaSourceConfig
-from poller.engine.records import Record
-from poller.sources.kafka import source as kafka_module
-from poller.sources.kafka.source import KafkaSource
+from poller.engine.backoff import Backoff
+from poller.sources.kafka.commits import OffsetCommitter
 
 
 class FakeConsumer:
@@ -42,25 +41,21 @@ class FakeConsumer:
         await outcome
 
 
-def source(consumer: FakeConsumer) -> KafkaSource:
-    mapping = Mapping(function_name="f", source=KafkaSourceConfig(type="kafka", connection="k", topics=["t"]))
-    kafka = KafkaSource("m", mapping, KafkaConnection(type="kafka", bootstrap_servers="x:9092"))
-    kafka._consumer = consumer
-    return kafka
+@asynccontextmanager
+async def committing(consumer: FakeConsumer) -> AsyncIterator[OffsetCommitter]:
+    """A committer on ``consumer`` with its task running, as a started source has it; at the end
+    the task is cancelled and what is queued flushed, as the source's close does."""
+    committer = OffsetCommitter(consumer, "m", retry=Backoff(first=0.0, maximum=0.0))
+    task = asyncio.create_task(committer.run())
+    try:
+        yield committer
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
 
 
-def committing(consumer: FakeConsumer) -> KafkaSource:
-    """A source on ``consumer`` with its committer task running, as after start()."""
-    kafka = source(consumer)
-    kafka._committer = asyncio.create_task(kafka._commit_continuously())
-    return kafka
-
-
-def record(partition: int, offset: int) -> Record:
-    lane = f"t-{partition}"
-    return Record(
-        partition=lane, lane=lane, position=offset, item_key=(lane, offset), payload={}, size=1, timestamp=0.0
-    )
+def tp(partition: int) -> TopicPartition:
+    return TopicPartition("t", partition)
 
 
 async def settle(consumer: FakeConsumer, index: int, error: BaseException | None = None) -> None:
@@ -76,59 +71,50 @@ async def settle(consumer: FakeConsumer, index: int, error: BaseException | None
 
 async def test_commit_returns_at_once_and_offsets_finished_meanwhile_share_the_next_request() -> None:
     consumer = FakeConsumer(3)
-    kafka = committing(consumer)
-    await kafka.commit([record(0, 9)])  # queued: it does not wait for the broker
-    await asyncio.sleep(0)
-    await kafka.commit([record(1, 19)])
-    await kafka.commit([record(2, 19), record(2, 29)])
-    await settle(consumer, 0)
-    await settle(consumer, 1)
-    await kafka.flush_commits()  # nothing left to send
-    assert consumer.requests == [
-        {TopicPartition("t", 0): 10},
-        {TopicPartition("t", 1): 20, TopicPartition("t", 2): 30},
-    ]
-    assert kafka._committed == {TopicPartition("t", p): o for p, o in ((0, 10), (1, 20), (2, 30))}
-    await kafka.close()
+    async with committing(consumer) as committer:
+        committer.add({tp(0): 10})  # queued: it does not wait for the broker
+        await asyncio.sleep(0)
+        committer.add({tp(1): 20})
+        committer.add({tp(2): 20})
+        committer.add({tp(2): 30})
+        await settle(consumer, 0)
+        await settle(consumer, 1)
+        await committer.flush()  # nothing left to send
+    assert consumer.requests == [{tp(0): 10}, {tp(1): 20, tp(2): 30}]
+    assert committer.committed == {tp(0): 10, tp(1): 20, tp(2): 30}
 
 
-async def test_a_failed_request_keeps_its_offsets_for_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kafka_module, "COMMIT_RETRY_FIRST", 0.0)
+async def test_a_failed_request_keeps_its_offsets_for_the_next() -> None:
     consumer = FakeConsumer(2)
-    kafka = committing(consumer)
-    await kafka.commit([record(0, 4)])
-    await asyncio.sleep(0)
-    await kafka.commit([record(1, 7)])
-    await settle(consumer, 0, KafkaConnectionError("gone"))
-    await settle(consumer, 1)
-    assert consumer.requests == [
-        {TopicPartition("t", 0): 5},
-        {TopicPartition("t", 0): 5, TopicPartition("t", 1): 8},
-    ]
-    await kafka.close()
+    async with committing(consumer) as committer:
+        committer.add({tp(0): 5})
+        await asyncio.sleep(0)
+        committer.add({tp(1): 8})
+        await settle(consumer, 0, KafkaConnectionError("gone"))
+        await settle(consumer, 1)
+    assert consumer.requests == [{tp(0): 5}, {tp(0): 5, tp(1): 8}]
 
 
 async def test_a_partition_given_up_meanwhile_is_not_committed() -> None:
     consumer = FakeConsumer(2)
-    kafka = committing(consumer)
-    await kafka.commit([record(0, 1)])
-    await asyncio.sleep(0)
-    await kafka.commit([record(1, 1)])
-    consumer.assigned = {TopicPartition("t", 0)}
-    await settle(consumer, 0)
-    await kafka.flush_commits()
-    assert consumer.requests == [{TopicPartition("t", 0): 2}]
-    await kafka.close()
+    async with committing(consumer) as committer:
+        committer.add({tp(0): 2})
+        await asyncio.sleep(0)
+        committer.add({tp(1): 2})
+        consumer.assigned = {tp(0)}
+        await settle(consumer, 0)
+        await committer.flush()
+    assert consumer.requests == [{tp(0): 2}]
 
 
-async def test_close_commits_everything_queued_even_a_request_cut_short() -> None:
+async def test_the_final_flush_commits_everything_queued_even_a_request_cut_short() -> None:
     consumer = FakeConsumer(2)
-    kafka = committing(consumer)
-    await kafka.commit([record(0, 4)])
-    await asyncio.sleep(0)  # the committer's request is on the way
-    await kafka.commit([record(1, 7)])
-    closing = asyncio.ensure_future(kafka.close())
-    await settle(consumer, 1)  # close() cancelled the first request and sends everything again
-    await closing
-    assert consumer.requests[1] == {TopicPartition("t", 0): 5, TopicPartition("t", 1): 8}
-    assert consumer.stopped
+    async with committing(consumer) as committer:
+        committer.add({tp(0): 5})
+        await asyncio.sleep(0)  # the committer's request is on the way
+        committer.add({tp(1): 8})
+    # The task was cancelled with its request in flight: a flush sends everything again.
+    flushing = asyncio.ensure_future(committer.flush())
+    await settle(consumer, 1)
+    await flushing
+    assert consumer.requests[1] == {tp(0): 5, tp(1): 8}

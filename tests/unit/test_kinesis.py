@@ -10,19 +10,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aws_lambda_powertools.utilities.data_classes import KinesisStreamEvent
 from botocore.exceptions import ClientError
 from support import wait_for
 
 from poller.devtools.samples import sample_event
+from poller.engine.backoff import Backoff
 from poller.engine.records import Record
 from poller.errors import SourceError
 from poller.sources.kinesis.event import (
     KinesisEventFormat,
     lane_of,
+    lanes_of_shard,
     partition_key_bucket,
-    shard_of,
     to_record,
 )
 from poller.sources.kinesis.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease
@@ -127,7 +129,8 @@ def test_lanes_bucket_partition_keys_stably() -> None:
     assert partition_key_bucket("user-17", 4) == 1
     assert partition_key_bucket("user-18", 4) == 2
     assert lane_of("shardId-1", "user-18", 4) == "shardId-1#2"
-    assert shard_of("shardId-1#1") == shard_of("shardId-1") == "shardId-1"
+    assert lanes_of_shard("shardId-1", 1) == ["shardId-1"]
+    assert lanes_of_shard("shardId-1", 3) == ["shardId-1#0", "shardId-1#1", "shardId-1#2"]
     buckets = {partition_key_bucket(f"user-{i}", 10) for i in range(200)}
     assert buckets == set(range(10))
 
@@ -306,8 +309,7 @@ def reader(client: ScriptedKinesis, shard: str, checkpoint: str = TRIM_HORIZON, 
         "idle_interval": 0.01,
         "convert": convert,
         "notify": lambda: None,
-        "backoff_first": 0.02,
-        "backoff_max": 0.05,
+        "backoff": Backoff(first=0.02, maximum=0.05),
         **kwargs,
     }
     # The scripted client answers by shard: the iterator it hands out is the shard id.
@@ -363,7 +365,10 @@ async def test_a_throttled_shard_backs_off_without_stalling_another() -> None:
     client = ScriptedKinesis(
         {"slow": [*throttled, response("9", end=True)], "fast": [response("1"), response("2", end=True)]}
     )
-    slow, fast = reader(client, "slow", backoff_first=0.1, backoff_max=0.1), reader(client, "fast")
+    slow, fast = (
+        reader(client, "slow", backoff=Backoff(first=0.1, maximum=0.1, jitter=False)),
+        reader(client, "fast"),
+    )
     tasks = [asyncio.create_task(slow.run()), asyncio.create_task(fast.run())]
     assert await drain(fast, 2, within=1.0) == ["1", "2"]
     assert slow.take() == [], "still backing off"
@@ -390,7 +395,7 @@ async def test_reader_holds_one_response_and_waits_while_a_lane_is_paused() -> N
 
 async def test_other_errors_are_reported_and_retried_with_a_fresh_iterator() -> None:
     client = ScriptedKinesis({"s0": [client_error("InvalidArgumentException"), response("5", end=True)]})
-    shard = reader(client, "s0", backoff_first=0.2, backoff_max=0.2)
+    shard = reader(client, "s0", backoff=Backoff(first=0.2, maximum=0.2, jitter=False))
     task = asyncio.create_task(shard.run())
     await wait_for(lambda: shard.failure, timeout=1, message="the failure reported")
     assert "InvalidArgumentException" in (shard.failure or "")
@@ -535,7 +540,19 @@ async def test_a_child_is_taken_once_its_parent_was_read_to_its_end(store: Sqlit
     assert leases["s0"].checkpoint == SHARD_END
     assert leases["s0"].owner is None
     assert leases["s1"].checkpoint == TRIM_HORIZON
-    await a.release_all()
+    await a.free_all()
     assert all(lease.owner is None for lease in await store.list_leases())
     assert events[0] == ("acquired", "s0")
     assert sorted(events[1:]) == [("acquired", "s1"), ("acquired", "s2")]
+
+
+async def test_a_dropped_connection_is_a_failure_the_reader_heals_from() -> None:
+    # aiobotocore lets some of aiohttp's transport errors through unwrapped: they must not end
+    # the shard's reading for good (the SQS source has always retried them).
+    client = ScriptedKinesis({"s0": [aiohttp.ServerDisconnectedError(), response("7", end=True)]})
+    shard = reader(client, "s0", backoff=Backoff(first=0.05, maximum=0.05, jitter=False))
+    task = asyncio.create_task(shard.run())
+    await wait_for(lambda: shard.failure, timeout=1, message="the failure reported")
+    assert await drain(shard, 1) == ["7"]
+    await asyncio.wait_for(task, 5)
+    assert shard.failure is None

@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.data_classes.rabbit_mq_event import RabbitM
 from pamqp.commands import Basic
 
 from poller.config import RabbitMQConnection
+from poller.connections.rabbitmq import virtual_host
 from poller.devtools.samples import sample_event
 from poller.engine.outcome import PartiallyFailed, outcome_of
 from poller.sources.rabbitmq.delay_queues import (
@@ -31,7 +32,6 @@ from poller.sources.rabbitmq.event import (
     broker_arn,
     format_timestamp,
     message_record,
-    virtual_host,
 )
 from poller.sources.rabbitmq.flow import AckTracker, LaneAssigner
 

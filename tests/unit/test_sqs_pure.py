@@ -6,22 +6,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import time
 from typing import Any
 
 import orjson
-import pytest
 from aws_lambda_powertools.utilities.parser.models import SqsModel
 
-from poller.config import Config
 from poller.destinations._aws import encode, fit_message, message_attributes
 from poller.destinations.s3 import object_key
 from poller.devtools.samples import sample_event
 from poller.engine.records import Batch, Record
-from poller.engine.retry import hold_back
-from poller.errors import SourceError
+from poller.engine.retry import Invoke, Release, RetryPolicy, plan_attempt
 from poller.sources.sqs.event import QueueInfo, SqsEventFormat, to_record
-from poller.sources.sqs.source import SqsSource
 
 QUEUE = QueueInfo(
     url="https://sqs.eu-west-1.amazonaws.com/123456789012/orders",
@@ -69,6 +64,9 @@ def message(
 
 
 # --- the event -----------------------------------------------------------------------------------
+
+
+_POLICY = RetryPolicy(maximum_retry_attempts=-1, maximum_record_age=-1, bisect=True, ordered=False)
 
 
 def test_record_payload_is_lambdas_sqs_event_record() -> None:
@@ -187,23 +185,23 @@ def _grouped(*groups: str | None) -> list[Record]:
     ]
 
 
-def test_hold_back_takes_the_released_groups_out_of_a_later_half() -> None:
+def test_records_of_handed_back_groups_go_back_before_a_later_half_is_invoked() -> None:
     records = _grouped("a", "b", "a", None, "c")
     batch = Batch(records, retries=1, invocations=3)
-    kept, held = hold_back(batch, {"a", "c"})
-    assert held == [records[0], records[2], records[4]]
-    assert kept is not None
-    assert kept.records == [records[1], records[3]]
-    assert (kept.retries, kept.invocations) == (1, 3), "what is left keeps its history"
+    release, invoke = plan_attempt(batch, 0.0, _POLICY, {"a": 2.0, "c": 5.0})
+    assert release == Release([records[0], records[2], records[4]], 5.0, held_back=True)
+    assert isinstance(invoke, Invoke)
+    assert invoke.batch.records == [records[1], records[3]]
+    assert (invoke.batch.retries, invoke.batch.invocations) == (1, 3), "what is left keeps its history"
 
 
-def test_hold_back_without_released_groups_keeps_the_batch() -> None:
+def test_without_handed_back_groups_the_batch_is_invoked_whole() -> None:
     batch = Batch(_grouped(None, "a"))
-    assert hold_back(batch, set()) == (batch, [])
-    assert hold_back(batch, {"z"}) == (batch, [])
-    kept, held = hold_back(Batch(_grouped("a", "a")), {"a"})
-    assert kept is None
-    assert len(held) == 2
+    assert plan_attempt(batch, 0.0, _POLICY, {}) == [Invoke(batch)]
+    assert plan_attempt(batch, 0.0, _POLICY, {"z": 1.0}) == [Invoke(batch)]
+    [release] = plan_attempt(Batch(_grouped("a", "a")), 0.0, _POLICY, {"a": 1.0})
+    assert isinstance(release, Release)
+    assert len(release.records) == 2
 
 
 # --- destinations --------------------------------------------------------------------------------
@@ -304,161 +302,3 @@ def test_message_attributes_skip_empty_values() -> None:
         "poller-mapping": {"DataType": "String", "StringValue": "m"},
         "poller-condition": {"DataType": "String", "StringValue": "RetryAttemptsExhausted"},
     }
-
-
-# --- the source, with a fake SQS client ----------------------------------------------------------
-
-
-class FakeSqs:
-    """Records DeleteMessageBatch and ChangeMessageVisibilityBatch calls. ``delete_errors`` maps a
-    receipt handle to the errors its next delete attempts get."""
-
-    def __init__(self) -> None:
-        self.deleted: list[str] = []
-        self.visibility: list[tuple[str, int]] = []
-        self.delete_errors: dict[str, list[dict[str, Any]]] = {}
-
-    async def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
-        succeeded, failed = [], []
-        for entry in Entries:
-            errors = self.delete_errors.get(entry["ReceiptHandle"])
-            if errors:
-                failed.append({"Id": entry["Id"], **errors.pop(0)})
-            else:
-                self.deleted.append(entry["ReceiptHandle"])
-                succeeded.append({"Id": entry["Id"]})
-        return {"Successful": succeeded, "Failed": failed}
-
-    async def change_message_visibility_batch(
-        self, QueueUrl: str, Entries: list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        self.visibility += [(entry["ReceiptHandle"], entry["VisibilityTimeout"]) for entry in Entries]
-        return {"Successful": [{"Id": entry["Id"]} for entry in Entries], "Failed": []}
-
-
-def bound_source(queue: QueueInfo, **mapping: Any) -> tuple[SqsSource, FakeSqs]:
-    config = Config.model_validate(
-        {
-            "connections": {"aws": {"type": "aws"}},
-            "functions": {"fn": {"handler": "handlers.echo:handler"}},
-            "mappings": {
-                "m": {
-                    "function_name": "fn",
-                    "source": {"type": "sqs", "connection": "aws", "queue": queue.name},
-                    **mapping,
-                }
-            },
-        }
-    )
-    source = SqsSource("m", config.mappings["m"], config.connections["aws"])
-    client = FakeSqs()
-    source._bind(client, queue)
-    return source, client
-
-
-def take(source: SqsSource) -> list[Record]:
-    records, source._ready = source._ready, []
-    return records
-
-
-def lanes_of(records: list[Record]) -> list[str]:
-    return [record.lane for record in records]
-
-
-async def test_standard_batches_go_to_the_least_busy_lane() -> None:
-    source, client = bound_source(QUEUE, scaling_config={"maximum_concurrency": 3})
-    now = time.monotonic()
-    source._accept([message() for _ in range(10)], QUEUE, now)
-    first = take(source)
-    source._accept([message() for _ in range(10)], QUEUE, now)
-    second = take(source)
-    assert set(lanes_of(first)) == {"orders#0"}
-    assert set(lanes_of(second)) == {"orders#1"}
-    await source.commit(first)
-    assert client.deleted == [r.payload["receiptHandle"] for r in first]
-    source._accept([message()], QUEUE, now)
-    assert lanes_of(take(source)) == ["orders#0"], "lane 0 is idle again"
-    assert source.in_flight == 11
-
-
-async def test_standard_receives_fill_one_lane_within_the_batching_window() -> None:
-    source, _ = bound_source(QUEUE, batch_size=25, maximum_batching_window_in_seconds=5)
-    now = time.monotonic()
-    lanes = []
-    for _ in range(4):
-        source._accept([message() for _ in range(10)], QUEUE, now)
-        lanes.append(set(lanes_of(take(source))))
-    assert lanes == [{"orders#0"}, {"orders#0"}, {"orders#0"}, {"orders#1"}]
-    source._accept([message()], QUEUE, now + 6)
-    assert lanes_of(take(source)) == ["orders#2"], "a new batch once the window has passed"
-
-
-async def test_release_makes_messages_visible_after_the_delay_in_whole_seconds() -> None:
-    source, client = bound_source(QUEUE)
-    source._accept([message(), message()], QUEUE, time.monotonic())
-    records = take(source)
-    await source.release(records, 1.2)
-    assert client.visibility == [(r.payload["receiptHandle"], 2) for r in records]
-    assert source.in_flight == 0
-    await source.release(records, 1.2)
-    assert len(client.visibility) == 2, "settled records are not released twice"
-
-
-async def test_delete_retries_server_faults_and_reports_the_rest() -> None:
-    source, client = bound_source(QUEUE)
-    source._accept([message() for _ in range(3)], QUEUE, time.monotonic())
-    records = take(source)
-    handles = [r.payload["receiptHandle"] for r in records]
-    client.delete_errors[handles[0]] = [
-        {"SenderFault": False, "Code": "InternalError", "Message": "try again"}
-    ]
-    client.delete_errors[handles[1]] = [
-        {"SenderFault": True, "Code": "ReceiptHandleIsInvalid", "Message": "gone"}
-    ]
-    with pytest.raises(SourceError, match="could not delete 1 message"):
-        await source.commit(records)
-    assert sorted(client.deleted) == sorted([handles[0], handles[2]])
-    assert source.in_flight == 0
-
-
-async def test_fifo_lane_gets_its_next_batch_only_once_the_last_one_settled() -> None:
-    source, _ = bound_source(FIFO, scaling_config={"maximum_concurrency": 2}, batch_size=2)
-    now = time.monotonic()
-    source._accept([message(f"a{i}", group="a") for i in range(5)], FIFO, now)
-    first = take(source)
-    assert [r.payload["body"] for r in first] == ["a0", "a1"], "one batch, in order"
-    source._accept([message("a5", group="a")], FIFO, now)
-    assert take(source) == [], "the lane is busy"
-    await source.commit(first[:1])
-    assert take(source) == []
-    await source.commit(first[1:])
-    assert [r.payload["body"] for r in take(source)] == ["a2", "a3"]
-
-
-async def test_fifo_release_hands_back_the_groups_later_messages_after_it() -> None:
-    source, client = bound_source(FIFO, scaling_config={"maximum_concurrency": 2}, batch_size=2)
-    now = time.monotonic()
-    source._accept([message(f"a{i}", group="a") for i in range(4)], FIFO, now)
-    batch = take(source)
-    handles = {r.payload["body"]: r.payload["receiptHandle"] for r in source._held[batch[0].lane]}
-    # a0 failed: a1 (held back by the engine) and a2, a3 (still held here) must wait for it.
-    await source.release(batch[:1], 3.0)
-    await source.release(batch[1:], 3.0)
-    assert client.visibility == [
-        (batch[0].payload["receiptHandle"], 3),  # holds the group while it waits
-        (handles["a2"], 0),
-        (handles["a3"], 0),
-        (batch[1].payload["receiptHandle"], 0),
-    ]
-    assert take(source) == []
-    assert source.in_flight == 0
-
-
-async def test_fifo_limits_are_refused_at_start() -> None:
-    source, _ = bound_source(FIFO, batch_size=11, maximum_batching_window_in_seconds=1)
-    with pytest.raises(SourceError, match="too large for a FIFO queue") as raised:
-        source._check_limits(FIFO)
-    assert not raised.value.retriable
-    source, _ = bound_source(FIFO, maximum_batching_window_in_seconds=1)
-    with pytest.raises(SourceError, match="not supported for FIFO"):
-        source._check_limits(FIFO)

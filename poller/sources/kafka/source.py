@@ -1,8 +1,8 @@
 """Kafka source (aiokafka): a consumer group, one lane per partition, manual commits.
 
-The event is the self-managed Kafka payload of AWS
-(https://docs.aws.amazon.com/lambda/latest/dg/with-kafka.html): records keyed ``topic-partition``,
-base64 key and value, headers as lists of Java signed bytes.
+The event is AWS's self-managed Kafka payload (:mod:`poller.sources.kafka.event`); completed
+offsets are committed in the background (:mod:`poller.sources.kafka.commits`). A revoked
+partition's in-flight batches finish and commit before the partition is given up.
 """
 
 from __future__ import annotations
@@ -11,18 +11,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Hashable, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
-import pybase64
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 
 from poller.config import KafkaConnection, Mapping
 from poller.config import KafkaSource as KafkaSourceConfig
-from poller.engine.records import Record, json_copy
+from poller.connections.kafka import client_options, source_error
+from poller.engine.records import Record
 from poller.errors import SourceError
-from poller.sources.protocol import LaneListener
+from poller.sources.kafka.commits import OffsetCommitter
+from poller.sources.kafka.event import KafkaEventFormat, lane_name, to_records
+from poller.sources.protocol import LagMetric, LaneListener
+from poller.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -33,134 +36,15 @@ PREFETCH_BACKOFF = 0.005  # seconds; see _shorten_prefetch_backoff
 CLOSE_TIMEOUT = 10.0  # leaving the group; a broker that is gone would make it wait forever
 HEALTH_PROBE_INTERVAL = 10.0  # seconds without records before asking the broker for metadata
 HEALTH_PROBE_TIMEOUT = 5.0
-# Backoff of the committer after a failed commit request, in seconds.
-COMMIT_RETRY_FIRST, COMMIT_RETRY_MAX = 1.0, 30.0
-
-# What one record adds to the event's JSON besides its key, value and headers.
-_RECORD_OVERHEAD = 160
-
-
-def client_options(connection: KafkaConnection) -> dict[str, Any]:
-    """aiokafka keyword arguments shared by consumers and producers of one connection."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": connection.bootstrap_servers,
-        "client_id": connection.client_id,
-        "security_protocol": connection.security_protocol,
-    }
-    if connection.sasl_mechanism:
-        options.update(
-            sasl_mechanism=connection.sasl_mechanism,
-            sasl_plain_username=connection.sasl_username,
-            sasl_plain_password=connection.sasl_password,
-        )
-    if connection.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        options["ssl_context"] = create_ssl_context(cafile=connection.ssl_cafile)
-    return options
-
-
-def lane_name(topic: str, partition: int) -> str:
-    return f"{topic}-{partition}"
-
-
-def _topic_partition(lane: str) -> TopicPartition:
-    # Topic names may contain '-': the partition follows the last one.
-    topic, _, partition = lane.rpartition("-")
-    return TopicPartition(topic, int(partition))
-
-
-def signed_bytes(value: bytes | None) -> list[int]:
-    """Header bytes as AWS sends them: Java signed bytes (-128..127)."""
-    return memoryview(value).cast("b").tolist() if value else []
-
-
-def to_records(messages: Sequence[Any], lane: str) -> list[Record]:
-    """aiokafka ConsumerRecords of one partition (its ``lane_name``) as Records whose payloads are
-    the AWS event records.
-
-    This runs once per record read, the poller's hottest loop (docs/benchmarks.md), so it is one
-    plain loop with its callables in locals rather than a function call per record, and headers,
-    which most records lack, are only looked at when present."""
-    encode, make = pybase64.b64encode_as_string, Record
-    records: list[Record] = []
-    append = records.append
-    for message in messages:
-        value, key, offset, timestamp = message.value, message.key, message.offset, message.timestamp
-        encoded = encode(value) if value is not None else ""
-        size = _RECORD_OVERHEAD + len(encoded)
-        headers: list[dict[str, list[int]]] = []
-        if message.headers:
-            for name, data in message.headers:
-                headers.append({name: signed_bytes(data)})
-                size += 4 * (len(data or b"") + len(name))
-        payload: dict[str, Any] = {
-            "topic": message.topic,
-            "partition": message.partition,
-            "offset": offset,
-            "timestamp": timestamp,
-            "timestampType": "LOG_APPEND_TIME" if message.timestamp_type == 1 else "CREATE_TIME",
-            "value": encoded,
-            "headers": headers,
-        }
-        if key is not None:
-            payload["key"] = encoded_key = encode(key)
-            size += len(encoded_key)
-        # Positional, in field order: partition, lane, position, item_key, payload, size, timestamp.
-        append(make(lane, lane, offset, (lane, offset), payload, size, timestamp / 1000))
-    return records
-
-
-class KafkaEventFormat:
-    def __init__(self, bootstrap_servers: str) -> None:
-        self.bootstrap_servers = bootstrap_servers
-
-    def event(self, records: Sequence[Record]) -> dict[str, Any]:
-        by_partition: dict[str, list[dict[str, Any]]] = {}
-        partition, entries = None, []
-        for record in records:
-            if record.partition != partition:  # a batch is usually of one partition
-                partition = record.partition
-                entries = by_partition.setdefault(partition, [])
-            # New containers, so that the handler owns its event; only headers nest deeper. And
-            # dict.copy, which clones the table: several times faster than {**payload, ...}.
-            entry = record.payload.copy()
-            headers = entry["headers"]
-            entry["headers"] = json_copy(headers) if headers else []
-            entries.append(entry)
-        return {
-            "eventSource": "SelfManagedKafka",
-            "bootstrapServers": self.bootstrap_servers,
-            "records": by_partition,
-        }
-
-    def describe(self, records: Sequence[Record]) -> dict[str, Any]:
-        first, last = records[0].payload, records[-1].payload
-        return {
-            "type": "kafka",
-            "topic": first["topic"],
-            "partition": first["partition"],
-            "startOffset": first["offset"],
-            "endOffset": last["offset"],
-            "batchSize": len(records),
-        }
-
-    def item_key(self, identifier: object) -> Hashable | None:
-        # {"partition": "<topic>-<partition>", "offset": <int>}
-        if not isinstance(identifier, dict):
-            return None
-        partition, offset = identifier.get("partition"), identifier.get("offset")
-        if not isinstance(partition, str) or isinstance(offset, bool):
-            return None
-        if isinstance(offset, str) and offset.isdigit():
-            offset = int(offset)
-        return (partition, offset) if isinstance(offset, int) else None
 
 
 class KafkaSource:
     """Consumes a mapping's topics in the mapping's consumer group."""
 
     ordered: ClassVar[bool] = True
+    lag_metric: ClassVar[LagMetric] = LagMetric(
+        "poller_kafka_offset_lag_records", "Records between the committed offset and the partition end."
+    )
 
     def __init__(self, name: str, mapping: Mapping, connection: Any) -> None:
         assert isinstance(connection, KafkaConnection)
@@ -170,17 +54,20 @@ class KafkaSource:
         self.config: KafkaSourceConfig = mapping.source
         self.connection: KafkaConnection = connection
         self.group_id = self.config.consumer_group_id or name
+        self.reads = ",".join(self.config.topics)
+        self.consumer_group: str | None = self.group_id
         self.format = KafkaEventFormat(connection.bootstrap_servers)
         self._consumer: AIOKafkaConsumer | None = None
-        self._committed: dict[TopicPartition, int] = {}
+        self._committer: OffsetCommitter | None = None
+        self._committing: asyncio.Task[None] | None = None
         self._last_contact = time.monotonic()
         self._resumed = asyncio.Event()
-        self._to_commit: dict[TopicPartition, int] = {}  # offsets of finished lanes, not yet sent
-        self._commit_lock = asyncio.Lock()  # one commit request at a time
-        self._commit_wanted = asyncio.Event()
-        self._committer: asyncio.Task[None] | None = None
+        # Lane names (``topic-partition``) and the partitions they name, both ways: made once per
+        # partition, never parsed back from the name (topic names may contain '-').
+        self._lanes: dict[TopicPartition, str] = {}
+        self._partitions: dict[str, TopicPartition] = {}
 
-    async def start(self, listener: LaneListener) -> None:
+    async def start(self, listener: LaneListener, tasks: BackgroundTasks) -> None:
         options = client_options(self.connection)
         consumer = AIOKafkaConsumer(
             **options,
@@ -195,16 +82,10 @@ class KafkaSource:
         )
         try:
             await consumer.start()
-        except KafkaError as exc:
-            await _stop_quietly(consumer)
-            raise SourceError(
-                f"cannot connect to Kafka at {self.connection.bootstrap_servers}: {exc}"
-            ) from exc
-        try:
             existing = await consumer.topics()
         except KafkaError as exc:
             await _stop_quietly(consumer)
-            raise SourceError(f"cannot list Kafka topics: {exc}") from exc
+            raise source_error(f"cannot use Kafka at {self.connection.bootstrap_servers}", exc) from exc
         missing = sorted(set(self.config.topics) - existing)
         if missing:
             await _stop_quietly(consumer)
@@ -212,7 +93,8 @@ class KafkaSource:
         _shorten_prefetch_backoff(consumer)
         consumer.subscribe(self.config.topics, listener=_Rebalance(self, consumer, listener))
         self._consumer = consumer
-        self._committer = asyncio.create_task(self._commit_continuously(), name=f"{self.name}:commits")
+        self._committer = OffsetCommitter(consumer, self.name)
+        self._committing = tasks.spawn(self._committer.run(), "kafka commits")
         log.info(
             "mapping %s: consuming %s as group %s", self.name, ",".join(self.config.topics), self.group_id
         )
@@ -245,16 +127,14 @@ class KafkaSource:
         except TimeoutError:
             batches = {}
         except KafkaError as exc:
-            raise SourceError(
-                f"Kafka fetch failed: {exc}", retriable=getattr(exc, "retriable", True)
-            ) from exc
+            raise source_error("Kafka fetch failed", exc) from exc
         if batches:
             self._last_contact = time.monotonic()
         elif time.monotonic() - self._last_contact > HEALTH_PROBE_INTERVAL:
             await self._probe_broker(consumer)
         records: list[Record] = []
         for tp, messages in batches.items():
-            records += to_records(messages, lane_name(tp.topic, tp.partition))
+            records += to_records(messages, self._lane_name(tp))
         return records
 
     async def _probe_broker(self, consumer: AIOKafkaConsumer) -> None:
@@ -270,106 +150,47 @@ class KafkaSource:
 
     async def commit(self, records: Sequence[Record]) -> None:
         """Queue these offsets for the committer task, which sends them with whatever else finished
-        meanwhile, and return without waiting for the broker.
-
-        A commit costs aiokafka a round trip and about 200 µs of CPU; waiting for one after every
-        batch made small batches commit-bound (docs/benchmarks.md). At least once still holds:
-        offsets are queued only once their records completed, one request is in flight at a
-        time and the next carries everything finished meanwhile, and both a revocation and
-        close() flush the queue before the partitions are given up. A crash repeats what
-        completed since the last successful request: at most a round trip's worth of batches
-        more than those in flight."""
+        meanwhile, and return without waiting for the broker (:mod:`poller.sources.kafka.commits`)."""
         offsets: dict[TopicPartition, int] = {}
+        partitions = self._partitions
         for record in records:
-            tp = _topic_partition(record.partition)
+            tp = partitions[record.partition]
             offsets[tp] = max(offsets.get(tp, 0), record.position + 1)
-        self._add_to_commit(offsets)
-        self._commit_wanted.set()
+        self._require_committer().add(offsets)
 
     async def flush_commits(self) -> None:
-        """Send every queued offset of an assigned partition; return once a request carrying them
-        succeeded, or the group moved on (the partitions' new owner reads from the last commit).
-        Raises SourceError if the broker failed the request; the offsets stay queued."""
-        async with self._commit_lock:
-            consumer = self._require_consumer()
-            assigned = consumer.assignment()
-            request = {tp: offset for tp, offset in self._to_commit.items() if tp in assigned}
-            if len(request) < len(self._to_commit):
-                log.warning(
-                    "mapping %s: offsets of partitions no longer assigned not committed: %s",
-                    self.name,
-                    {tp: offset for tp, offset in self._to_commit.items() if tp not in assigned},
-                )
-            self._to_commit = {}
-            if not request:
-                return
-            try:
-                await consumer.commit(request)
-            except (CommitFailedError, IllegalStateError) as exc:
-                # The group moved on: these partitions belong to another member now, which re-reads
-                # from the last commit. At least once, so this loses nothing.
-                log.warning("mapping %s: commit of %s refused after a rebalance: %s", self.name, request, exc)
-                return
-            except BaseException as exc:
-                self._add_to_commit(request)  # also when cancelled: close() flushes them
-                if isinstance(exc, KafkaError):
-                    raise SourceError(f"Kafka commit failed: {exc}") from exc
-                raise
-            self._committed.update(request)
-
-    async def _commit_continuously(self) -> None:
-        """The committer task: flush whenever offsets were queued; after a failure, try again with
-        backoff (the offsets stay queued, and later ones join them). It never ends by itself: a
-        committer that died would leave every later offset uncommitted until close()."""
-        delay = COMMIT_RETRY_FIRST
-        while True:
-            await self._commit_wanted.wait()
-            self._commit_wanted.clear()
-            try:
-                await self.flush_commits()
-            except Exception as exc:  # logged, and the offsets are sent again
-                log.warning("mapping %s: %s; committing again in %.0f s", self.name, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(COMMIT_RETRY_MAX, delay * 2)
-                self._commit_wanted.set()
-            else:
-                delay = COMMIT_RETRY_FIRST
-
-    def _add_to_commit(self, offsets: dict[TopicPartition, int]) -> None:
-        for tp, offset in offsets.items():
-            if offset > self._to_commit.get(tp, -1):
-                self._to_commit[tp] = offset
+        """Commit what is queued now (a revocation, the close); raises SourceError."""
+        await self._require_committer().flush()
 
     def pause(self, lanes: Collection[str]) -> None:
         consumer = self._require_consumer()
         assigned = consumer.assignment()
-        consumer.pause(*[tp for tp in map(_topic_partition, lanes) if tp in assigned])
+        consumer.pause(*[tp for tp in map(self._partitions.__getitem__, lanes) if tp in assigned])
 
     def resume(self, lanes: Collection[str]) -> None:
         consumer = self._require_consumer()
         assigned = consumer.assignment()
-        consumer.resume(*[tp for tp in map(_topic_partition, lanes) if tp in assigned])
+        consumer.resume(*[tp for tp in map(self._partitions.__getitem__, lanes) if tp in assigned])
         self._resumed.set()
 
     def lag(self) -> dict[str, int]:
         """Records between this member's last commit and each assigned partition's high watermark
         as of the last fetch (AWS's OffsetLag). Partitions not yet fetched and committed are left out."""
-        consumer = self._consumer
-        if consumer is None:
+        consumer, committer = self._consumer, self._committer
+        if consumer is None or committer is None:
             return {}
         lags: dict[str, int] = {}
         for tp in consumer.assignment():
-            highwater, committed = consumer.highwater(tp), self._committed.get(tp)
+            highwater, committed = consumer.highwater(tp), committer.committed.get(tp)
             if highwater is not None and committed is not None:
-                lags[lane_name(tp.topic, tp.partition)] = max(0, highwater - committed)
+                lags[self._lane_name(tp)] = max(0, highwater - committed)
         return lags
 
     async def close(self) -> None:
-        if self._committer is not None:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
-            self._committer = None
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            committing.cancel()
+            await asyncio.wait([committing])
         if self._consumer is not None:
             try:
                 # What finished before the drain ended is committed before the group is left.
@@ -381,10 +202,22 @@ class KafkaSource:
             await _stop_quietly(self._consumer)
             self._consumer = None
 
+    def _lane_name(self, tp: TopicPartition) -> str:
+        name = self._lanes.get(tp)
+        if name is None:
+            name = self._lanes[tp] = lane_name(tp.topic, tp.partition)
+            self._partitions[name] = tp
+        return name
+
     def _require_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             raise SourceError("Kafka source used before start()")
         return self._consumer
+
+    def _require_committer(self) -> OffsetCommitter:
+        if self._committer is None:
+            raise SourceError("Kafka source used before start()")
+        return self._committer
 
     async def seek_start(self, consumer: AIOKafkaConsumer, assigned: Collection[TopicPartition]) -> None:
         """Place partitions that have no committed offset at the mapping's AT_TIMESTAMP position
@@ -414,7 +247,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # Finish and commit the revoked partitions' in-flight batches before giving them up
         # (the contract in aiokafka's ConsumerRebalanceListener docstring).
         if revoked:
-            await self.listener.partitions_revoked([lane_name(tp.topic, tp.partition) for tp in revoked])
+            await self.listener.partitions_revoked([self.source._lane_name(tp) for tp in revoked])
             try:
                 await self.source.flush_commits()
             except SourceError as exc:
@@ -426,7 +259,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info(
             "mapping %s: assigned %s",
             self.source.name,
-            ",".join(sorted(lane_name(tp.topic, tp.partition) for tp in assigned)) or "nothing",
+            ",".join(sorted(self.source._lane_name(tp) for tp in assigned)) or "nothing",
         )
         await self.source.seek_start(self.consumer, assigned)
 

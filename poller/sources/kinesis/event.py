@@ -15,6 +15,7 @@ from typing import Any
 import pybase64
 
 from poller.engine.records import Record
+from poller.sources.protocol import OriginalMessage
 
 # What one record adds to the event's JSON besides its data, key, ARNs and ids.
 _RECORD_OVERHEAD = 260
@@ -27,11 +28,14 @@ def partition_key_bucket(partition_key: str, factor: int) -> int:
 
 
 def lane_of(shard_id: str, partition_key: str, factor: int) -> str:
+    """The lane of a record: its shard, or with ``parallelization_factor`` > 1 the shard and the
+    bucket of its partition key."""
     return shard_id if factor == 1 else f"{shard_id}#{partition_key_bucket(partition_key, factor)}"
 
 
-def shard_of(lane: str) -> str:
-    return lane.partition("#")[0]
+def lanes_of_shard(shard_id: str, factor: int) -> list[str]:
+    """Every lane a shard's records can be in."""
+    return [shard_id] if factor == 1 else [f"{shard_id}#{bucket}" for bucket in range(factor)]
 
 
 def to_record(
@@ -83,6 +87,11 @@ def _iso(seconds: float) -> str:
 
 
 class KinesisEventFormat:
+    """Lambda's Kinesis event; an item is identified by its ``sequenceNumber``."""
+
+    # OpenTelemetry has no well-known messaging.system value for Kinesis.
+    messaging_system = "aws.kinesis"
+
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
         # New containers, so that the handler owns its event (EventFormat.event); dict.copy clones
         # the table, several times faster than {**payload}.
@@ -110,3 +119,9 @@ class KinesisEventFormat:
     def item_key(self, identifier: object) -> Hashable | None:
         # The record's sequenceNumber, a decimal string.
         return identifier if isinstance(identifier, str) and identifier.isdigit() else None
+
+    def trace_parent(self, record: Record) -> str | None:
+        return None  # a Kinesis record has no headers to carry a producer's context
+
+    def original_message(self, record: Record) -> OriginalMessage | None:
+        return None

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from poller.connections.aws import AWS_ERRORS, error_code
+from poller.engine.backoff import Backoff
 from poller.engine.records import Record
 from poller.sources.kinesis.leases import AT_TIMESTAMP
 
@@ -27,12 +26,6 @@ log = logging.getLogger(__name__)
 # Errors after which a moment's wait helps; with the same iterator unless it became unusable.
 _THROTTLED = {"ProvisionedThroughputExceededException", "LimitExceededException", "KMSThrottlingException"}
 _ITERATOR_UNUSABLE = {"ExpiredIteratorException", "InvalidArgumentException"}
-
-
-def error_code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return type(exc).__name__
 
 
 class ShardReader:
@@ -53,9 +46,7 @@ class ShardReader:
         convert: Callable[[str, Sequence[dict[str, Any]]], list[Record]],
         notify: Callable[[], None],
         name: str = "",
-        backoff_first: float = 0.5,
-        backoff_max: float = 30.0,
-        rng: random.Random | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.client = client
         self.stream = stream
@@ -67,9 +58,8 @@ class ShardReader:
         self.convert = convert
         self.notify = notify
         self.name = name
-        self.backoff_first = backoff_first
-        self.backoff_max = backoff_max
-        self.rng = rng or random.Random()
+        # Per shard, so that throttled shards do not retry in step.
+        self.backoff = backoff or Backoff(first=0.5, maximum=30.0)
         self.last_read: str | None = None
         self.millis_behind: int | None = None  # MillisBehindLatest of the last response
         self.ended = False
@@ -109,14 +99,13 @@ class ShardReader:
 
     async def run(self) -> None:
         iterator: str | None = None
-        failures = 0
         while True:
             await self._may_fetch.wait()
             try:
                 if iterator is None:
                     iterator = await self._iterator()
                 response = await self.client.get_records(ShardIterator=iterator, Limit=self.limit)
-            except (ClientError, BotoCoreError) as exc:
+            except AWS_ERRORS as exc:
                 code = error_code(exc)
                 if code == "ExpiredIteratorException":
                     # Iterators live five minutes; a paused shard can outlive one. Not a failure.
@@ -128,8 +117,7 @@ class ShardReader:
                 throttled = code in _THROTTLED
                 if not throttled:
                     self.failure = f"reading {self.shard_id}: {exc}"
-                failures += 1
-                delay = self._backoff(failures)
+                delay = self.backoff.next()
                 log.log(
                     logging.INFO if throttled else logging.WARNING,
                     "mapping %s: %s on %s; trying again in %.1f s",
@@ -140,7 +128,7 @@ class ShardReader:
                 )
                 await asyncio.sleep(delay)
                 continue
-            failures = 0
+            self.backoff.reset()
             self.failure = None
             records = response.get("Records") or []
             self.millis_behind = response.get("MillisBehindLatest")
@@ -171,8 +159,3 @@ class ShardReader:
         response = await self.client.get_shard_iterator(**request)
         iterator: str = response["ShardIterator"]
         return iterator
-
-    def _backoff(self, failures: int) -> float:
-        """Exponential, with "equal jitter" so that throttled shards do not retry in step."""
-        base = min(self.backoff_max, self.backoff_first * 2.0 ** (failures - 1))
-        return base / 2 + self.rng.random() * base / 2

@@ -5,7 +5,8 @@ The event is Lambda's Kinesis payload (https://docs.aws.amazon.com/lambda/latest
 advances in order; its ``lane`` is the shard, or with ``parallelization_factor`` N the shard and one
 of N buckets of partition keys, so that up to N batches of a shard run at once, in order per key.
 
-Which shards this process reads is decided by a :class:`~poller.leases.coordinator.LeaseCoordinator`
+Which shards this process reads is decided by a
+:class:`~poller.sources.kinesis.leases.coordinator.LeaseCoordinator`
 over the mapping's lease store (``checkpoints``; SQLite by default, DynamoDB to share shards among
 several ``poller run`` processes). A child shard is read only once its parents were read to their
 end and checkpointed (SHARD_END), as Lambda and the KCL do.
@@ -18,25 +19,24 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Collection, Coroutine, Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from poller.config import AwsConnection, Config, DynamoDBCheckpoints, Mapping, SqliteCheckpoints
 from poller.config import KinesisSource as KinesisSourceConfig
-from poller.connections.aws import create_client, region_of
+from poller.connections.aws import ACCOUNT_ID, AWS_ERRORS, create_client, error_code, region_of, source_error
+from poller.engine.backoff import Backoff
 from poller.engine.records import Record
 from poller.errors import SourceError
-from poller.runtime.function import ACCOUNT_ID
-from poller.sources.kinesis.event import KinesisEventFormat, shard_of, to_record
+from poller.sources.kinesis.event import KinesisEventFormat, lanes_of_shard, to_record
 from poller.sources.kinesis.leases import Lease, LeaseStore, build_lease_store, lease_group
 from poller.sources.kinesis.leases.balance import Shard
 from poller.sources.kinesis.leases.coordinator import LeaseCoordinator
-from poller.sources.kinesis.reader import ShardReader, error_code
-from poller.sources.protocol import LaneListener
+from poller.sources.kinesis.reader import ShardReader
+from poller.sources.protocol import LagMetric, LaneListener
+from poller.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 _MAX_GET_RECORDS = 10_000
 # The lease duration of the SQLite store, which no other process shares: it only paces renewals.
 _SQLITE_LEASE_DURATION = 10.0
-_FATAL_CODES = {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException"}
 _POLL_WAIT = 0.5
+# Waits between attempts to record that a shard was read to its end.
+FINISH_RETRY_FIRST, FINISH_RETRY_MAX = 1.0, 30.0
 
 
 def stream_name_of(stream: str) -> str:
@@ -74,6 +75,11 @@ class KinesisSource:
     """Reads a mapping's stream: the shards whose leases this process holds."""
 
     ordered: ClassVar[bool] = True
+    lag_metric: ClassVar[LagMetric] = LagMetric(
+        "poller_kinesis_iterator_age_milliseconds",
+        "How far behind the shard end (MillisBehindLatest).",
+        key="iteratorAgeMilliseconds",
+    )
 
     @classmethod
     def from_config(cls, name: str, mapping: Mapping, config: Config) -> KinesisSource:
@@ -93,6 +99,8 @@ class KinesisSource:
             type="sqlite"
         )
         self.stream = stream_name_of(mapping.source.stream)
+        self.reads = mapping.source.stream
+        self.consumer_group = None
         self.region = region_of(connection)
         self.role_arn = f"arn:aws:iam::{ACCOUNT_ID}:role/{mapping.function_name}"
         self.stream_arn = f"arn:aws:kinesis:{self.region}:{ACCOUNT_ID}:stream/{self.stream}"
@@ -105,15 +113,16 @@ class KinesisSource:
         self._coordinator: LeaseCoordinator | None = None
         self._listener: LaneListener | None = None
         self._reading: dict[str, _Reading] = {}
+        self._shard_of_lane: dict[str, str] = {}  # the lanes of the shards read now
         self._revocations: dict[str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: BackgroundTasks | None = None
         self._readable = asyncio.Event()
-        self._crash: BaseException | None = None
 
     # --- Source ----------------------------------------------------------------------------------
 
-    async def start(self, listener: LaneListener) -> None:
+    async def start(self, listener: LaneListener, tasks: BackgroundTasks) -> None:
         self._listener = listener
+        self._tasks = tasks
         stack = AsyncExitStack()
         try:
             self._client = await stack.enter_async_context(
@@ -129,11 +138,11 @@ class KinesisSource:
         except BaseException as exc:
             self._stack = stack
             await self._shut_down()
-            if isinstance(exc, ClientError | BotoCoreError):  # creating the client (no region, ...)
-                raise SourceError(f"cannot use Kinesis: {exc}") from exc
+            if isinstance(exc, AWS_ERRORS):  # creating the client (no region, ...)
+                raise source_error("cannot use Kinesis", exc) from exc
             raise
-        self._spawn(self._coordinator.renew_forever(), "renew leases")
-        self._spawn(self._coordinator.take_forever(), "take leases")
+        tasks.spawn(self._coordinator.renew_forever(), "renew leases")
+        tasks.spawn(self._coordinator.take_forever(), "take leases")
         log.info(
             "mapping %s: consuming Kinesis stream %s as %s; reading %s",
             self.name,
@@ -143,8 +152,6 @@ class KinesisSource:
         )
 
     async def poll(self) -> list[Record]:
-        if self._crash is not None:
-            raise SourceError(f"Kinesis source failed: {self._crash!r}", retriable=False)
         if not any(reading.reader.has_records for reading in self._reading.values()):
             self._readable.clear()
             try:
@@ -178,15 +185,19 @@ class KinesisSource:
 
     def pause(self, lanes: Collection[str]) -> None:
         for lane in lanes:
-            reading = self._reading.get(shard_of(lane))
+            reading = self._reading.get(self._shard_of_lane.get(lane, ""))
             if reading is not None:
                 reading.reader.pause(lane)
 
     def resume(self, lanes: Collection[str]) -> None:
         for lane in lanes:
-            reading = self._reading.get(shard_of(lane))
+            reading = self._reading.get(self._shard_of_lane.get(lane, ""))
             if reading is not None:
                 reading.reader.resume(lane)
+
+    def lag(self) -> dict[str, int]:
+        """Lagging: the iterator age of each shard read now."""
+        return self.iterator_age()
 
     def iterator_age(self) -> dict[str, int]:
         """MillisBehindLatest of each shard read now, from its last GetRecords (AWS's IteratorAge)."""
@@ -220,7 +231,11 @@ class KinesisSource:
         )
         reading = _Reading(reader, completed=int(lease.checkpoint) if lease.checkpoint.isdigit() else None)
         self._reading[lease.shard_id] = reading
-        reading.task = self._spawn(self._read(lease.shard_id, reading), f"read {lease.shard_id}")
+        for lane in lanes_of_shard(lease.shard_id, self.mapping.parallelization_factor):
+            self._shard_of_lane[lane] = lease.shard_id
+        reading.task = self._require_tasks().spawn(
+            self._read(lease.shard_id, reading), f"read {lease.shard_id}"
+        )
 
     def lost(self, shard_id: str, reason: str) -> None:
         self._stop_reading(shard_id, hand_over=False)
@@ -262,21 +277,28 @@ class KinesisSource:
         if reader.last_read is not None and (reading.completed or 0) < int(reader.last_read):
             return
         reading.finishing = True
-        self._spawn(self._finish(shard_id, reading), f"finish {shard_id}")
+        self._require_tasks().spawn(self._finish(shard_id, reading), f"finish {shard_id}")
 
     async def _finish(self, shard_id: str, reading: _Reading) -> None:
         coordinator = self._require_coordinator()
-        delay = 1.0
+        backoff = Backoff(FINISH_RETRY_FIRST, FINISH_RETRY_MAX)
         while True:
             try:
                 finished = await coordinator.finish(shard_id)
                 break
             except SourceError as exc:
-                log.warning("mapping %s: cannot record the end of %s yet: %s", self.name, shard_id, exc)
+                delay = backoff.next()
+                log.warning(
+                    "mapping %s: cannot record the end of %s yet (%s); trying again in %.1f s",
+                    self.name,
+                    shard_id,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
-                delay = min(30.0, delay * 2)
         if self._reading.get(shard_id) is reading:
             del self._reading[shard_id]
+            self._forget_lanes(shard_id)
         if finished:
             log.info("mapping %s: %s was read to its end (SHARD_END)", self.name, shard_id)
             # Its lanes are idle: let the engine drop them.
@@ -289,7 +311,8 @@ class KinesisSource:
         reading = self._reading.pop(shard_id, None)
         if reading is not None and reading.task is not None:
             reading.task.cancel()
-        self._revocations[shard_id] = self._spawn(
+        self._forget_lanes(shard_id)
+        self._revocations[shard_id] = self._require_tasks().spawn(
             self._revoke(shard_id, reading, hand_over=hand_over), f"revoke {shard_id}"
         )
 
@@ -310,15 +333,12 @@ class KinesisSource:
     async def _describe_stream(self) -> None:
         try:
             response = await self._client.describe_stream_summary(StreamName=self.stream)
-        except ClientError as exc:
-            code = error_code(exc)
-            if code == "ResourceNotFoundException":
+        except AWS_ERRORS as exc:
+            if error_code(exc) == "ResourceNotFoundException":
                 raise SourceError(f"unknown Kinesis stream {self.stream!r}", retriable=False) from exc
-            raise SourceError(
-                f"cannot describe Kinesis stream {self.stream!r}: {exc}", retriable=code not in _FATAL_CODES
+            raise source_error(
+                f"cannot describe Kinesis stream {self.stream!r}", exc, fatal_codes=frozenset()
             ) from exc
-        except BotoCoreError as exc:
-            raise SourceError(f"cannot reach Kinesis: {exc}") from exc
         summary = response["StreamDescriptionSummary"]
         self.stream_arn = summary["StreamARN"]
         if summary["StreamStatus"] not in ("ACTIVE", "UPDATING"):
@@ -330,8 +350,8 @@ class KinesisSource:
         while True:
             try:
                 response = await self._client.list_shards(**request)
-            except (ClientError, BotoCoreError) as exc:
-                raise SourceError(f"cannot list the shards of {self.stream!r}: {exc}") from exc
+            except AWS_ERRORS as exc:
+                raise source_error(f"cannot list the shards of {self.stream!r}", exc) from exc
             for shard in response.get("Shards", []):
                 parents = (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
                 shards.append(
@@ -381,31 +401,25 @@ class KinesisSource:
             return failures[0]
         return None
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coroutine, name=f"{self.name}: {what}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+    def _forget_lanes(self, shard_id: str) -> None:
+        for lane in lanes_of_shard(shard_id, self.mapping.parallelization_factor):
+            self._shard_of_lane.pop(lane, None)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # Background tasks handle every error they expect; anything else is a bug that the
-            # next poll() reports, which stops the mapping.
-            exc = task.exception()
-            log.error("mapping %s: %s failed", self.name, task.get_name(), exc_info=exc)
-            self._crash = self._crash or exc
+    def _require_tasks(self) -> BackgroundTasks:
+        if self._tasks is None:
+            raise SourceError("Kinesis source used before start()")
+        return self._tasks
 
     async def _shut_down(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        """Stop reading and give the leases up. The shard readers are cancelled here, before the
+        leases go; the owner of the source's tasks cancels what else is left."""
+        if self._tasks is not None:
+            await self._tasks.close()
         self._reading.clear()
+        self._shard_of_lane.clear()
         self._revocations.clear()
         if self._coordinator is not None:
-            await self._coordinator.release_all()
+            await self._coordinator.free_all()
         stack, self._stack = self._stack, None
         if stack is not None:
             try:

@@ -30,18 +30,13 @@ import pybase64
 from pamqp.commands import Basic
 from yarl import URL
 
+from poller.connections.aws import ACCOUNT_ID
 from poller.engine.records import Record, json_copy
-from poller.runtime.function import ACCOUNT_ID
+from poller.sources.protocol import OriginalMessage
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _BROKER_NAME = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def virtual_host(url: str) -> str:
-    """The virtual host an AMQP URL names, decoded as aiormq decodes it ("/" when there is none)."""
-    path = URL(url).path
-    return "/" if path in ("", "/") else path[1:].replace("%2F", "/")
 
 
 def broker_arn(url: str, region: str) -> str:
@@ -297,6 +292,8 @@ def message_record(
 class RabbitMQEventFormat:
     """Builds the ``aws:rmq`` event; ``Record.partition`` is the ``"<queue>::<vhost>"`` key."""
 
+    messaging_system = "rabbitmq"
+
     def __init__(self, event_source_arn: str, vhost: str) -> None:
         self.event_source_arn = event_source_arn
         self.vhost = vhost
@@ -330,3 +327,15 @@ class RabbitMQEventFormat:
     def item_key(self, identifier: object) -> Hashable | None:
         # basicProperties.messageId, a non-empty string.
         return identifier if isinstance(identifier, str) and identifier else None
+
+    def trace_parent(self, record: Record) -> str | None:
+        """A ``traceparent`` AMQP header, as a string or as bytes (the event shows those as
+        ``{"bytes": [...]}``)."""
+        headers = record.payload["basicProperties"]["headers"]
+        value = headers.get("traceparent") if headers else None
+        if isinstance(value, dict) and isinstance(value.get("bytes"), list):
+            value = bytes(b & 0xFF for b in value["bytes"]).decode(errors="replace")
+        return value if isinstance(value, str) else None
+
+    def original_message(self, record: Record) -> OriginalMessage | None:
+        return None

@@ -32,19 +32,25 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractConnection
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
-from yarl import URL
 
 from poller.config import Mapping, RabbitMQConnection, ScalingConfig
 from poller.config import RabbitMQSource as RabbitMQSourceConfig
+from poller.connections.aws import default_region
+from poller.connections.rabbitmq import (
+    AMQP_ERRORS,
+    OPERATION_TIMEOUT,
+    close_quietly,
+    connect,
+    connection_name,
+    virtual_host,
+)
 from poller.engine.records import Record
 from poller.errors import SourceError
-from poller.runtime.function import default_region
-from poller.sources.protocol import LaneListener
+from poller.sources.protocol import LagMetric, LaneListener
 from poller.sources.rabbitmq.delay_queues import (
     PROPERTIES_HEADER,
     RETRY_TIERS_MS,
@@ -59,64 +65,15 @@ from poller.sources.rabbitmq.event import (
     RabbitMQEventFormat,
     broker_arn,
     message_record,
-    virtual_host,
 )
 from poller.sources.rabbitmq.flow import AckTracker, LaneAssigner
+from poller.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
 MAX_PREFETCH = 65535  # basic.qos prefetch-count is an unsigned short
-CONNECT_TIMEOUT = 15.0
-OPERATION_TIMEOUT = 30.0  # a declare, consume or publisher confirm that takes longer failed
 POLL_WAIT = 0.5
 BACKLOG_REFRESH = 10.0  # seconds between queue depth reads for lag()
-# What aio-pika and aiormq raise for a broken connection or channel, or a refused operation
-# (aio-pika's own list, which includes aiormq's AMQPError, pamqp's errors and closed-channel states).
-AMQP_ERRORS = (*aio_pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError)
-
-
-def connection_name(url: str) -> str:
-    """The URL with its password masked, for logs and errors."""
-    try:
-        parsed = URL(url)
-    except ValueError:
-        return "(a malformed URL)"
-    return str(parsed.with_password("******") if parsed.password else parsed)
-
-
-async def connect(url: str, client_name: str, *, refusal_is_fatal: bool = True) -> AbstractConnection:
-    """Open a plain aio-pika connection named ``client_name`` (shown by the broker's tools).
-
-    Raises SourceError, retriable unless the broker refused the credentials or the virtual host and
-    ``refusal_is_fatal`` (at start: waiting will not fix them; later they may be fixed meanwhile).
-    """
-    try:
-        return await aio_pika.connect(
-            url, timeout=CONNECT_TIMEOUT, client_properties={"connection_name": client_name}
-        )
-    except ValueError as exc:  # a malformed URL (an aiormq error is never a ValueError)
-        raise SourceError(f"invalid AMQP URL {connection_name(url)}: {exc}", retriable=False) from exc
-    except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError) as exc:
-        raise SourceError(
-            f"RabbitMQ at {connection_name(url)} refused the credentials: {exc}",
-            retriable=not refusal_is_fatal,
-        ) from exc
-    except aiormq.exceptions.InvalidFrameError as exc:
-        # RabbitMQ answers Connection.Open for an unknown or forbidden virtual host with a close.
-        raise SourceError(
-            f"RabbitMQ at {connection_name(url)} refused the virtual host {virtual_host(url)!r}: {exc}",
-            retriable=not refusal_is_fatal,
-        ) from exc
-    except AMQP_ERRORS as exc:
-        raise SourceError(f"cannot connect to RabbitMQ at {connection_name(url)}: {exc!r}") from exc
-
-
-async def close_quietly(connection: AbstractConnection) -> None:
-    """Close a connection; the broker requeues its unacked deliveries. Never raises."""
-    try:
-        await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT)
-    except (Exception, TimeoutError) as exc:
-        log.debug("error while closing a RabbitMQ connection: %r", exc)
 
 
 @dataclass(slots=True, eq=False)
@@ -140,6 +97,9 @@ class RabbitMQSource:
     """Consumes a mapping's queues; see the module docstring for the guarantees."""
 
     ordered: ClassVar[bool] = False
+    lag_metric: ClassVar[LagMetric] = LagMetric(
+        "poller_queue_backlog_messages", "Messages waiting in the queue (approximate)."
+    )
 
     def __init__(self, name: str, mapping: Mapping, connection: Any) -> None:
         assert isinstance(connection, RabbitMQConnection)
@@ -148,6 +108,8 @@ class RabbitMQSource:
         self.mapping = mapping
         self.url = connection.url
         self.queues = list(dict.fromkeys(mapping.source.queues))
+        self.reads = ",".join(self.queues)
+        self.consumer_group = None
         self.vhost = virtual_host(self.url)
         self.format = RabbitMQEventFormat(broker_arn(self.url, default_region()), self.vhost)
         concurrency = (mapping.scaling_config or ScalingConfig()).maximum_concurrency
@@ -184,7 +146,7 @@ class RabbitMQSource:
 
     # --- Source ----------------------------------------------------------------------------------
 
-    async def start(self, listener: LaneListener) -> None:
+    async def start(self, listener: LaneListener, tasks: BackgroundTasks) -> None:
         await self._connect(at_start=True)
 
     async def poll(self) -> list[Record]:

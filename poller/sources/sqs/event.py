@@ -12,23 +12,10 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
-from botocore.exceptions import BotoCoreError, ClientError
 
 from poller.engine.records import Record, json_copy
-
-# Every exception an aiobotocore call may raise for a failed request.
-AWS_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError)
-
-
-def error_text(exc: BaseException) -> str:
-    """A botocore error in one line: its code and message for a ClientError."""
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
-    return str(exc) or type(exc).__name__
-
+from poller.sources.protocol import OriginalMessage
 
 # --- the queue -----------------------------------------------------------------------------------
 
@@ -145,6 +132,8 @@ def _fresh(payload: dict[str, Any]) -> dict[str, Any]:
 class SqsEventFormat:
     """Lambda's SQS event: ``{"Records": [...]}``; an item is identified by its ``messageId``."""
 
+    messaging_system = "aws_sqs"
+
     def __init__(self, queue: QueueInfo | None = None) -> None:
         self.queue = queue  # known once the source has started
 
@@ -167,3 +156,28 @@ class SqsEventFormat:
 
     def item_key(self, identifier: object) -> Hashable | None:
         return identifier if isinstance(identifier, str) and identifier else None
+
+    def trace_parent(self, record: Record) -> str | None:
+        """A W3C ``traceparent`` message attribute, else the X-Ray ``AWSTraceHeader`` that SQS
+        adds for producers traced by X-Ray, as a traceparent."""
+        payload = record.payload
+        value = payload["messageAttributes"].get("traceparent")
+        if isinstance(value, dict) and isinstance(value.get("stringValue"), str):
+            return str(value["stringValue"])
+        xray = payload["attributes"].get("AWSTraceHeader")
+        return xray_to_traceparent(xray) if isinstance(xray, str) else None
+
+    def original_message(self, record: Record) -> OriginalMessage | None:
+        return None
+
+
+def xray_to_traceparent(header: str) -> str | None:
+    """An X-Ray trace header (``Root=1-<8 hex>-<24 hex>;Parent=<16 hex>;Sampled=0|1``) as a W3C
+    traceparent: X-Ray's trace id is the epoch and random parts of its root together
+    (https://docs.aws.amazon.com/xray/latest/devguide/xray-concepts.html#xray-concepts-tracingheader)."""
+    fields = dict(part.split("=", 1) for part in header.split(";") if "=" in part)
+    root, parent = fields.get("Root", ""), fields.get("Parent", "")
+    pieces = root.split("-")
+    if len(pieces) != 3 or len(parent) != 16:
+        return None
+    return f"00-{pieces[1]}{pieces[2]}-{parent}-{'01' if fields.get('Sampled') == '1' else '00'}"

@@ -1,11 +1,11 @@
 """The SQS messages a source has received and not yet settled, and the calls that settle them.
 
-Every received message is *leased*: invisible to other consumers for the lease time (the queue's
-visibility timeout, at least :data:`MIN_LEASE_SECONDS`). :meth:`Leases.heartbeat` renews a lease
-once half of it has passed, so a message stays invisible however long its handler runs; a message
-is settled by deleting it (success, or after the on-failure destination took it) or by setting its
-visibility timeout to when it should be delivered again (a retry). A renewal never overwrites a
-release: both hold one lock.
+Every received message is *in flight*: invisible to other consumers for the visibility time (the
+queue's visibility timeout, at least :data:`MIN_VISIBILITY_SECONDS`). :meth:`InFlight.heartbeat`
+extends it once half of it has passed, so a message stays invisible however long its handler runs;
+a message is settled by deleting it (success, or after the on-failure destination took it) or by
+setting its visibility timeout to when it should be delivered again (a retry). An extension never
+overwrites a hand-back: both hold one lock.
 
 Batch calls take ten messages each and run a few at a time; their per-entry failures are counted
 and reported in one SourceError (the messages concerned are then delivered again by SQS).
@@ -20,29 +20,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from poller.connections.aws import AWS_ERRORS, error_text
 from poller.engine.records import Record
 from poller.errors import SourceError
-from poller.sources.sqs.event import AWS_ERRORS, error_text
 
 log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 10  # DeleteMessageBatch and ChangeMessageVisibilityBatch take at most 10 entries
 MAX_VISIBILITY_SECONDS = 43200  # SQS's limit: 12 hours
-# A shorter lease leaves the heartbeat no time to renew it before SQS delivers the message again.
-MIN_LEASE_SECONDS = 2
+# A shorter visibility leaves the heartbeat no time to extend it before SQS delivers the message again.
+MIN_VISIBILITY_SECONDS = 2
 DELETE_ATTEMPTS = 3
 CALL_CONCURRENCY = 8  # batch calls at a time, per source
 
 
 @dataclass(eq=False)
-class Lease:
+class InFlightMessage:
     """A received message that its source still answers for (held, buffered or in the engine)."""
 
     record: Record
     receipt_handle: str
-    expires: float  # time.monotonic() at which SQS makes it visible again unless renewed
+    expires: float  # time.monotonic() at which SQS makes it visible again unless extended
     renewable: bool = True  # false once SQS refused a change (the handle is no longer valid)
-    dispatched: bool = False  # handed to the engine (a FIFO source holds some back first)
 
 
 @dataclass
@@ -63,57 +62,56 @@ class _Failures:
             raise SourceError(f"SQS could not {what} {self.count} message(s), {consequence}: {reasons}")
 
 
-class Leases:
-    """The leases of one source, keyed by Record (records are compared by identity)."""
+class InFlight:
+    """The messages in flight of one source, keyed by Record (records are compared by identity)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.seconds = MIN_LEASE_SECONDS
+        self.seconds = MIN_VISIBILITY_SECONDS
         self._client: Any = None
         self._queue_url = ""
-        self._leases: dict[Record, Lease] = {}
+        self._messages: dict[Record, InFlightMessage] = {}
         self._lock = asyncio.Lock()
         self._calls = asyncio.Semaphore(CALL_CONCURRENCY)
 
     def bind(self, client: Any, queue_url: str, visibility_timeout: int) -> None:
-        """Use this client and queue, leasing messages for the queue's visibility timeout."""
+        """Use this client and queue, keeping messages invisible for the queue's visibility timeout."""
         self._client, self._queue_url = client, queue_url
-        self.seconds = min(MAX_VISIBILITY_SECONDS, max(MIN_LEASE_SECONDS, visibility_timeout))
+        self.seconds = min(MAX_VISIBILITY_SECONDS, max(MIN_VISIBILITY_SECONDS, visibility_timeout))
 
     def __len__(self) -> int:
-        return len(self._leases)
+        return len(self._messages)
 
-    def add(self, record: Record, receipt_handle: str, received_at: float, *, dispatched: bool) -> None:
-        self._leases[record] = Lease(
-            record, receipt_handle, received_at + self.seconds, dispatched=dispatched
-        )
+    def add(self, record: Record, receipt_handle: str, received_at: float) -> None:
+        self._messages[record] = InFlightMessage(record, receipt_handle, received_at + self.seconds)
 
-    def dispatched(self, record: Record) -> None:
-        self._leases[record].dispatched = True
-
-    def pop(self, records: Sequence[Record]) -> list[Lease]:
-        """The leases of these records, which are no longer renewed; records settled before (or
-        never leased) are skipped."""
+    def pop(self, records: Sequence[Record]) -> list[InFlightMessage]:
+        """Stop answering for these records (no more extensions) and return them; records settled
+        before (or never received) are skipped."""
         return [
-            lease for lease in (self._leases.pop(record, None) for record in records) if lease is not None
+            message
+            for message in (self._messages.pop(record, None) for record in records)
+            if message is not None
         ]
 
-    def pop_all(self) -> list[Lease]:
-        leases = list(self._leases.values())
-        self._leases.clear()
-        return leases
+    def pop_all(self) -> list[InFlightMessage]:
+        messages = list(self._messages.values())
+        self._messages.clear()
+        return messages
 
-    async def delete(self, leases: list[Lease]) -> None:
+    async def delete(self, messages: list[InFlightMessage]) -> None:
         """DeleteMessageBatch; entries that fail for a server fault are retried. Raises SourceError
         naming how many could not be deleted (SQS delivers those again)."""
         failures = _Failures()
-        await asyncio.gather(*(self._delete(chunk, failures) for chunk in _chunks(leases)))
+        await asyncio.gather(*(self._delete(chunk, failures) for chunk in _chunks(messages)))
         failures.raise_if_any("delete", "which will be delivered again")
 
-    async def _delete(self, leases: list[Lease], failures: _Failures) -> None:
-        pending = dict(enumerate(leases))
+    async def _delete(self, messages: list[InFlightMessage], failures: _Failures) -> None:
+        pending = dict(enumerate(messages))
         for attempt in range(1, DELETE_ATTEMPTS + 1):
-            entries = [{"Id": str(i), "ReceiptHandle": lease.receipt_handle} for i, lease in pending.items()]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": message.receipt_handle} for i, message in pending.items()
+            ]
             try:
                 async with self._calls:
                     response = await self._client.delete_message_batch(
@@ -125,38 +123,40 @@ class Leases:
                     return
                 await asyncio.sleep(0.2 * attempt)
                 continue
-            retry: dict[int, Lease] = {}
+            retry: dict[int, InFlightMessage] = {}
             for failed in response.get("Failed", []):
-                lease = pending[int(failed["Id"])]
+                message = pending[int(failed["Id"])]
                 if failed.get("SenderFault") or attempt == DELETE_ATTEMPTS:
-                    # An invalid handle: deleted already, or the lease ran out and the message was
+                    # An invalid handle: deleted already, or its visibility timeout ran out and the message was
                     # delivered again (that delivery settles it).
                     failures.add(
                         1,
-                        f"message {lease.record.position}: {failed.get('Code')}: {failed.get('Message', '')}",
+                        f"message {message.record.position}: {failed.get('Code')}: {failed.get('Message', '')}",
                     )
                 else:
-                    retry[int(failed["Id"])] = lease
+                    retry[int(failed["Id"])] = message
             if not retry:
                 return
             pending = retry
             await asyncio.sleep(0.2 * attempt)
 
-    async def change_visibility(self, leases: list[Lease], seconds: int) -> None:
+    async def change_visibility(self, messages: list[InFlightMessage], seconds: int) -> None:
         """Make these messages visible again in ``seconds`` (ChangeMessageVisibilityBatch). Raises
-        SourceError naming how many were refused (they reappear when their lease ends)."""
+        SourceError naming how many were refused (they reappear when their visibility timeout ends)."""
         failures = _Failures()
         async with self._lock:
             await asyncio.gather(
-                *(self._set_visibility(chunk, seconds, failures) for chunk in _chunks(leases))
+                *(self._set_visibility(chunk, seconds, failures) for chunk in _chunks(messages))
             )
-        failures.raise_if_any("change the visibility of", "which reappear when their lease ends")
+        failures.raise_if_any("change the visibility of", "which reappear when their visibility timeout ends")
 
-    async def _set_visibility(self, leases: list[Lease], seconds: int, failures: _Failures) -> list[Lease]:
-        """One ChangeMessageVisibilityBatch; returns the leases it was applied to."""
+    async def _set_visibility(
+        self, messages: list[InFlightMessage], seconds: int, failures: _Failures
+    ) -> list[InFlightMessage]:
+        """One ChangeMessageVisibilityBatch; returns the messages it was applied to."""
         entries = [
-            {"Id": str(i), "ReceiptHandle": lease.receipt_handle, "VisibilityTimeout": seconds}
-            for i, lease in enumerate(leases)
+            {"Id": str(i), "ReceiptHandle": message.receipt_handle, "VisibilityTimeout": seconds}
+            for i, message in enumerate(messages)
         ]
         try:
             async with self._calls:
@@ -164,18 +164,18 @@ class Leases:
                     QueueUrl=self._queue_url, Entries=entries
                 )
         except AWS_ERRORS as exc:
-            failures.add(len(leases), error_text(exc))
+            failures.add(len(messages), error_text(exc))
             return []
         for failed in response.get("Failed", []):
-            lease = leases[int(failed["Id"])]
-            lease.renewable = False
+            message = messages[int(failed["Id"])]
+            message.renewable = False
             failures.add(
-                1, f"message {lease.record.position}: {failed.get('Code')}: {failed.get('Message', '')}"
+                1, f"message {message.record.position}: {failed.get('Code')}: {failed.get('Message', '')}"
             )
-        return [leases[int(ok["Id"])] for ok in response.get("Successful", [])]
+        return [messages[int(ok["Id"])] for ok in response.get("Successful", [])]
 
     async def heartbeat(self) -> None:
-        """Renew leases when half of them has passed; runs until cancelled."""
+        """Extend the visibility of messages once half of it has passed; runs until cancelled."""
         tick = min(5.0, max(0.25, self.seconds / 4))
         while True:
             await asyncio.sleep(tick)
@@ -184,18 +184,22 @@ class Leases:
     async def renew_due(self) -> None:
         half = self.seconds / 2
         now = time.monotonic()
-        if not any(lease.renewable and lease.expires - now < half for lease in self._leases.values()):
+        if not any(message.renewable and message.expires - now < half for message in self._messages.values()):
             return
         failures = _Failures()
         async with self._lock:
-            # Chosen under the lock: a message settled meanwhile is not renewed after its release.
+            # Chosen under the lock: a message settled meanwhile is not extended after it was handed back.
             now = time.monotonic()
-            due = [lease for lease in self._leases.values() if lease.renewable and lease.expires - now < half]
+            due = [
+                message
+                for message in self._messages.values()
+                if message.renewable and message.expires - now < half
+            ]
             renewed = await asyncio.gather(
                 *(self._set_visibility(chunk, self.seconds, failures) for chunk in _chunks(due))
             )
-        for lease in (lease for chunk in renewed for lease in chunk):
-            lease.expires = now + self.seconds
+        for message in (message for chunk in renewed for message in chunk):
+            message.expires = now + self.seconds
         if failures.count:
             log.warning(
                 "mapping %s: could not extend the visibility of %d in-flight message(s), which may be "
@@ -206,5 +210,5 @@ class Leases:
             )
 
 
-def _chunks(leases: list[Lease]) -> list[list[Lease]]:
-    return [leases[i : i + MAX_ENTRIES] for i in range(0, len(leases), MAX_ENTRIES)]
+def _chunks(messages: list[InFlightMessage]) -> list[list[InFlightMessage]]:
+    return [messages[i : i + MAX_ENTRIES] for i in range(0, len(messages), MAX_ENTRIES)]

@@ -1,22 +1,20 @@
 """SQS source (aiobotocore): Lambda's SQS trigger on the engine's lanes.
 
-- Long-polling receivers (``wait_time_seconds``, 20 by default) run as background tasks owned by
-  the source and feed :meth:`poll` through a bounded buffer; their number follows the backlog, from
+- Long-polling receivers (``wait_time_seconds``, 20 by default) run as background tasks of the
+  source and feed :meth:`SqsSource.poll` through a buffer; their number follows the backlog, from
   one up to ``scaling_config.maximum_concurrency`` (a full receive adds one, an empty long poll
   retires one).
-- A message is *in flight* from its receipt until it is deleted (:meth:`commit`) or handed back
-  (:meth:`release`). Meanwhile a heartbeat keeps extending its visibility timeout
-  (:mod:`poller.sources.sqs.in_flight`), so a handler slower than the queue's visibility timeout
-  causes no second delivery, and a crash lets it reappear after one timeout. At most ``2 x maximum_concurrency x batch_size`` messages are in
-  flight: that bounds memory and the heartbeat's work.
+- A message is *in flight* from its receipt until it is deleted (:meth:`~SqsSource.commit`) or
+  handed back (:meth:`~SqsSource.release`). Meanwhile a heartbeat keeps extending its visibility
+  timeout (:mod:`poller.sources.sqs.in_flight`), so a handler slower than the queue's visibility
+  timeout causes no second delivery, and a crash lets it reappear after one timeout. At most
+  ``2 x maximum_concurrency x batch_size`` messages are in flight: that bounds memory and the
+  heartbeat's work.
 - ``release`` sets the visibility timeout to the backoff delay: the retry waits in SQS, and its
   count is ``ApproximateReceiveCount`` (``Record.receive_count``), which survives a restart.
-- Lanes bound concurrency. A standard queue spreads its messages over ``maximum_concurrency`` lanes,
-  filling the least busy one; a FIFO queue maps each MessageGroupId to one lane and hands a lane its
-  next messages only once its previous batch has settled, so each group is processed in order and a
-  group whose message was released cannot overtake it (``Record.group``).
+- Which lane a message goes to, and when a FIFO lane gets its next batch, is decided by
+  :mod:`poller.sources.sqs.lanes`.
 
-The event and the queue lookup are in :mod:`poller.sources.sqs.event`.
 Scaling: https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-scaling.html
 """
 
@@ -27,30 +25,23 @@ import contextlib
 import logging
 import math
 import time
-import zlib
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError, NoCredentialsError
 
 from poller.config import AwsConnection, Mapping
 from poller.config import SqsSource as SqsSourceConfig
-from poller.connections.aws import client_options
-from poller.engine.records import MAX_PAYLOAD_BYTES, Record
+from poller.connections.aws import AWS_ERRORS, client_options, error_text, source_error
+from poller.engine.backoff import Backoff
+from poller.engine.records import Record
 from poller.errors import SourceError
-from poller.sources.protocol import LaneListener
-from poller.sources.sqs.event import (
-    AWS_ERRORS,
-    QueueInfo,
-    SqsEventFormat,
-    error_text,
-    resolve_queue,
-    to_record,
-)
-from poller.sources.sqs.in_flight import CALL_CONCURRENCY, MAX_VISIBILITY_SECONDS, Lease, Leases
+from poller.sources.protocol import LagMetric, LaneListener
+from poller.sources.sqs.event import QueueInfo, SqsEventFormat, resolve_queue, to_record
+from poller.sources.sqs.in_flight import CALL_CONCURRENCY, MAX_VISIBILITY_SECONDS, InFlight, InFlightMessage
+from poller.sources.sqs.lanes import LaneAssignment
+from poller.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -58,50 +49,49 @@ MAX_MESSAGES = 10  # ReceiveMessage returns at most 10
 POLL_WAIT_SECONDS = 0.5
 FIFO_MAX_BATCH_SIZE = 10
 DEFAULT_MAXIMUM_CONCURRENCY = 10
-RECEIVE_BACKOFF_FIRST = 1.0
-RECEIVE_BACKOFF_MAX = 30.0
+RECEIVE_BACKOFF_FIRST, RECEIVE_BACKOFF_MAX = 1.0, 30.0
 CLOSE_TIMEOUT = 5.0
 BACKLOG_INTERVAL = 10.0  # seconds between reads of ApproximateNumberOfMessages, for lag()
 # On close, how long long polls in progress may take to return: once cancelled, a poll keeps
 # running inside SQS until its wait ends and takes messages that nobody will process.
 CLOSE_GRACE = 2.0
 
-# Errors that waiting does not cure: the service stops at start instead of retrying forever.
-_FATAL_CODES = frozenset(
+# Errors that waiting does not cure at start (besides refused credentials): the service stops
+# instead of retrying forever.
+FATAL_AT_START = frozenset(
     {
         "AWS.SimpleQueueService.NonExistentQueue",
         "QueueDoesNotExist",
-        "AccessDenied",
-        "AccessDeniedException",
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "SignatureDoesNotMatch",
         "InvalidAddress",
         "InvalidParameterValue",
     }
 )
 
-
-def _source_error(action: str, exc: BaseException, *, at_start: bool = False) -> SourceError:
-    fatal = at_start and (
-        isinstance(exc, NoCredentialsError)
-        or (isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in _FATAL_CODES)
-    )
-    return SourceError(f"SQS {action} failed: {error_text(exc)}", retriable=not fatal)
+ClientFactory = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 
 
 class SqsSource:
-    """Receives one queue for one mapping; see the module docstring for the design."""
+    """Receives one queue for one mapping; see the module docstring for the design.
+
+    ``client_factory`` makes the SQS client (an async context manager); by default an aiobotocore
+    client of the mapping's connection."""
 
     ordered: ClassVar[bool] = False
+    lag_metric: ClassVar[LagMetric] = LagMetric(
+        "poller_queue_backlog_messages", "Messages waiting in the queue (approximate)."
+    )
 
-    def __init__(self, name: str, mapping: Mapping, connection: Any) -> None:
+    def __init__(
+        self, name: str, mapping: Mapping, connection: Any, *, client_factory: ClientFactory | None = None
+    ) -> None:
         assert isinstance(connection, AwsConnection)
         assert isinstance(mapping.source, SqsSourceConfig)
         self.name = name
         self.mapping = mapping
         self.config: SqsSourceConfig = mapping.source
         self.connection: AwsConnection = connection
+        self.reads = self.config.queue
+        self.consumer_group = None
         scaling = mapping.scaling_config
         self.maximum_concurrency = scaling.maximum_concurrency if scaling else DEFAULT_MAXIMUM_CONCURRENCY
         self.batch_size = mapping.effective_batch_size
@@ -112,12 +102,13 @@ class SqsSource:
         self.max_receivers = self.maximum_concurrency
         self.wait_time_seconds = self.config.wait_time_seconds
         self.format = SqsEventFormat()
+        self._client_factory = client_factory or self._create_client
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
         self._queue: QueueInfo | None = None
-        self._leases = Leases(name)
-        self._supervisor: asyncio.Task[None] | None = None
-        self._tasks: asyncio.TaskGroup | None = None
+        self._lanes: LaneAssignment | None = None
+        self._in_flight = InFlight(name)
+        self._tasks: BackgroundTasks | None = None
         self._receivers = 0
         self._closing = False
         self._polls: dict[object, float] = {}  # ReceiveMessage calls in progress -> when SQS ends them
@@ -128,27 +119,21 @@ class SqsSource:
         self._ready_changed = asyncio.Event()
         self._error: SourceError | None = None
         self._backlog: int | None = None
-        self._lanes: list[str] = []
-        self._outstanding: dict[str, int] = {}  # per lane: dispatched records not yet settled
-        self._fifo = False
-        self._held: dict[str, deque[Record]] = {}  # FIFO: per lane, received but not dispatched
-        self._group_waits: dict[str, float] = {}  # FIFO: group -> when its handed-back message returns
-        self._filling: str | None = None  # standard queues: the lane being filled, since when, how far
-        self._filling_since = 0.0
-        self._filled = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self, listener: LaneListener) -> None:
+    async def start(self, listener: LaneListener, tasks: BackgroundTasks) -> None:
         """Find the queue and start receiving. Raises SourceError: a missing queue, refused
         credentials and limits FIFO queues do not support are not retriable."""
         stack = contextlib.AsyncExitStack()
         try:
             try:
-                client = await stack.enter_async_context(self._create_client())
+                client = await stack.enter_async_context(self._client_factory())
                 queue = await resolve_queue(client, self.config.queue)
             except AWS_ERRORS as exc:
-                raise _source_error(f"lookup of queue {self.config.queue!r}", exc, at_start=True) from exc
+                raise source_error(
+                    f"SQS lookup of queue {self.config.queue!r} failed", exc, fatal_codes=FATAL_AT_START
+                ) from exc
             except ValueError as exc:
                 raise SourceError(str(exc), retriable=False) from exc
             self._check_limits(queue)
@@ -156,30 +141,24 @@ class SqsSource:
             # Cancelled or failed: the client must not outlive this call.
             await _close_quietly(stack)
             raise
-        self._stack = stack
-        self._bind(client, queue)
-        self._supervisor = asyncio.create_task(self._run(), name=f"{self.name}:sqs")
+        self._stack, self._client, self._queue, self._tasks = stack, client, queue, tasks
+        self._closing = False
+        self.format.queue = queue
+        self._in_flight.bind(client, queue.url, queue.visibility_timeout)
+        self._lanes = LaneAssignment(
+            queue.name, self.maximum_concurrency, self.batch_size, self.window, fifo=queue.fifo
+        )
+        tasks.spawn(self._in_flight.heartbeat(), "sqs heartbeat")
+        tasks.spawn(self._watch_backlog(), "sqs backlog")
+        self._add_receiver()
         log.info(
             "mapping %s: receiving %s (%s, visibility %d s, up to %d concurrent batches)",
             self.name,
             queue.url,
             "FIFO" if queue.fifo else "standard",
-            self._leases.seconds,
+            self._in_flight.seconds,
             self.maximum_concurrency,
         )
-
-    def _bind(self, client: Any, queue: QueueInfo) -> None:
-        """Adopt a client and a resolved queue, with no receivers yet (start() goes on to start
-        them; unit tests drive the source from here with a fake client)."""
-        self._client, self._queue = client, queue
-        self._closing = False
-        self.format.queue = queue
-        self._leases.bind(client, queue.url, queue.visibility_timeout)
-        self._lanes = [f"{queue.name}#{index}" for index in range(self.maximum_concurrency)]
-        self._outstanding = dict.fromkeys(self._lanes, 0)
-        self._fifo = queue.fifo
-        self._held = {lane: deque() for lane in self._lanes} if queue.fifo else {}
-        self._group_waits.clear()
 
     def _check_limits(self, queue: QueueInfo) -> None:
         """Refuse what a FIFO queue does not support (non-retriable SourceError), as AWS does."""
@@ -209,7 +188,7 @@ class SqsSource:
 
     def _create_client(self) -> contextlib.AbstractAsyncContextManager[Any]:
         options = client_options(self.connection, "sqs")
-        # Each receiver holds a connection for its long poll; deletes and renewals need their own.
+        # Each receiver holds a connection for its long poll; deletes and extensions need their own.
         options["config"] = options["config"].merge(
             AioConfig(max_pool_connections=self.maximum_concurrency + CALL_CONCURRENCY + 2)
         )
@@ -217,7 +196,8 @@ class SqsSource:
 
     async def close(self) -> None:
         """Stop receiving and hand back every message still in flight, so that a restart or another
-        replica gets it at once; then close the client. Never raises.
+        replica gets it at once; then close the client. Never raises. The receivers, the heartbeat
+        and the backlog reader are stopped by the owner of the source's tasks, after this.
 
         Long polls in progress get :data:`CLOSE_GRACE` seconds to return (on a busy queue they
         return at once). SQS cannot be told to end one that is still waiting: it may yet take a
@@ -230,44 +210,28 @@ class SqsSource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._polls_ended.wait(), CLOSE_GRACE)
         orphans_until = max(self._polls.values(), default=0.0)
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            # wait() rather than await: it neither raises the task's end nor hides our own cancellation.
-            await asyncio.wait([supervisor])
-            if not supervisor.cancelled() and supervisor.exception() is not None:
-                log.debug("mapping %s: SQS receivers ended with %r", self.name, supervisor.exception())
-        self._tasks = None
-        self._receivers = self._reserved = 0
-        self._polls.clear()
-        self._error = None
-        leases = self._leases.pop_all()
-        if leases and self._client is not None:
+        messages = self._in_flight.pop_all()
+        if messages and self._client is not None:
             visibility = max(0, math.ceil(orphans_until - time.monotonic()))
             try:
-                await asyncio.wait_for(self._leases.change_visibility(leases, visibility), CLOSE_TIMEOUT)
+                await asyncio.wait_for(self._in_flight.change_visibility(messages, visibility), CLOSE_TIMEOUT)
             except (SourceError, TimeoutError) as exc:
                 log.warning(
                     "mapping %s: %d in-flight message(s) not handed back (%s); they reappear after "
                     "their visibility timeout",
                     self.name,
-                    len(leases),
+                    len(messages),
                     exc,
                 )
         if self._stack is not None:
             await _close_quietly(self._stack)
-        self._stack = self._client = None
+        self._stack = self._client = self._tasks = None
+        self._receivers = self._reserved = 0
+        self._polls.clear()
+        self._error = None
         self._ready.clear()
-        for held in self._held.values():
-            held.clear()
-
-    async def _run(self) -> None:
-        """The receivers and the heartbeat, in one task group that :meth:`close` cancels."""
-        async with asyncio.TaskGroup() as tasks:
-            self._tasks = tasks
-            tasks.create_task(self._leases.heartbeat(), name=f"{self.name}:sqs-heartbeat")
-            tasks.create_task(self._watch_backlog(), name=f"{self.name}:sqs-backlog")
-            self._add_receiver()
+        if self._lanes is not None:
+            self._lanes.clear()
 
     @property
     def receivers(self) -> int:
@@ -277,7 +241,7 @@ class SqsSource:
     @property
     def in_flight(self) -> int:
         """Messages received and neither deleted nor handed back yet."""
-        return len(self._leases)
+        return len(self._in_flight)
 
     def lag(self) -> dict[str, int]:
         """Lagging: the messages waiting in the queue (ApproximateNumberOfMessages, read every
@@ -299,40 +263,31 @@ class SqsSource:
                 log.debug("mapping %s: cannot read the queue's backlog: %s", self.name, error_text(exc))
             await asyncio.sleep(BACKLOG_INTERVAL)
 
-    # --- polling ---------------------------------------------------------------------------------
+    # --- receiving -------------------------------------------------------------------------------
 
     async def poll(self) -> list[Record]:
         """Records received since the last call, waiting up to half a second for some. Raises the
         receivers' latest error once (they keep retrying on their own)."""
-        self._raise_problems()
-        if not self._ready:
+        if self._client is None:
+            raise SourceError("SQS source used before start()")
+        if not self._ready and self._error is None:
             self._ready_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready_changed.wait(), POLL_WAIT_SECONDS)
-            self._raise_problems()
-        records, self._ready = self._ready, []
-        return records
-
-    def _raise_problems(self) -> None:
-        supervisor = self._supervisor
-        if supervisor is None:
-            raise SourceError("SQS source used before start()")
-        if supervisor.done():
-            failure = None if supervisor.cancelled() else supervisor.exception()
-            # Only a bug ends the receivers; say so rather than poll an empty buffer forever.
-            raise SourceError(f"SQS receivers stopped: {failure!r}", retriable=False) from failure
         error, self._error = self._error, None
         if error is not None:
             raise error
+        records, self._ready = self._ready, []
+        return records
 
     def _add_receiver(self) -> None:
         if self._tasks is None or self._closing:
             return
         self._receivers += 1
-        self._tasks.create_task(self._receive_loop(), name=f"{self.name}:sqs-receiver")
+        self._tasks.spawn(self._receive_loop(), "sqs receiver")
 
     async def _receive_loop(self) -> None:
-        delay = RECEIVE_BACKOFF_FIRST
+        backoff = Backoff(RECEIVE_BACKOFF_FIRST, RECEIVE_BACKOFF_MAX)
         queue = self._queue
         assert queue is not None
         while not self._closing:
@@ -346,22 +301,22 @@ class SqsSource:
                     QueueUrl=queue.url,
                     MaxNumberOfMessages=room,
                     WaitTimeSeconds=self.wait_time_seconds,
-                    VisibilityTimeout=self._leases.seconds,
+                    VisibilityTimeout=self._in_flight.seconds,
                     MessageSystemAttributeNames=["All"],
                     MessageAttributeNames=["All"],
                 )
             except AWS_ERRORS as exc:
                 self._poll_ended(poll)
                 self._reserved -= room
-                self._error = _source_error("ReceiveMessage", exc)
+                self._error = source_error("SQS ReceiveMessage failed", exc)
                 self._ready_changed.set()
-                log.debug("mapping %s: receive failed (%s); retrying in %.0f s", self.name, exc, delay)
+                delay = backoff.next()
+                log.debug("mapping %s: receive failed (%s); retrying in %.1f s", self.name, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(RECEIVE_BACKOFF_MAX, delay * 2)
                 continue
             self._poll_ended(poll)
             self._reserved -= room
-            delay = RECEIVE_BACKOFF_FIRST
+            backoff.reset()
             messages = response.get("Messages", [])
             if messages:
                 self._accept(messages, queue, time.monotonic())
@@ -382,7 +337,7 @@ class SqsSource:
         """Wait until a receive of at least one message keeps in-flight messages within the limit;
         reserve and return how many it may ask for (0 once closing)."""
         while not self._closing:
-            room = min(MAX_MESSAGES, self.max_in_flight - len(self._leases) - self._reserved)
+            room = min(MAX_MESSAGES, self.max_in_flight - len(self._in_flight) - self._reserved)
             if room > 0:
                 self._reserved += room
                 return room
@@ -391,68 +346,31 @@ class SqsSource:
         return 0
 
     def _accept(self, messages: list[dict[str, Any]], queue: QueueInfo, received_at: float) -> None:
+        lanes = self._lanes
+        assert lanes is not None
         if queue.fifo:
             for message in messages:
                 group = message.get("Attributes", {}).get("MessageGroupId", "")
-                lane = self._lanes[zlib.crc32(group.encode()) % len(self._lanes)]
+                record = to_record(message, queue, lanes.lane_for_group(group))
+                self._in_flight.add(record, message["ReceiptHandle"], received_at)
+                lanes.hold(record)
+            self._ready += lanes.dispatch()
+        else:
+            lane = lanes.lane_for_receive(len(messages), received_at)
+            for message in messages:
                 record = to_record(message, queue, lane)
-                self._leases.add(record, message["ReceiptHandle"], received_at, dispatched=False)
-                self._held[lane].append(record)
-            self._dispatch_fifo()
-            return
-        lane = self._pick_lane(len(messages), received_at)
-        for message in messages:
-            record = to_record(message, queue, lane)
-            self._leases.add(record, message["ReceiptHandle"], received_at, dispatched=True)
-            self._ready.append(record)
-        self._outstanding[lane] += len(messages)
-        self._ready_changed.set()
-
-    def _pick_lane(self, count: int, now: float) -> str:
-        """Standard queues: keep filling one lane up to a batch within the batching window (so
-        receives aggregate into batches larger than 10), then move to the least busy lane."""
-        if (
-            self._filling is None
-            or self._filled >= self.batch_size
-            or now - self._filling_since >= self.window
-        ):
-            self._filling = min(self._lanes, key=self._outstanding.__getitem__)
-            self._filling_since = now
-            self._filled = 0
-        self._filled += count
-        return self._filling
-
-    def _dispatch_fifo(self) -> None:
-        """Give each idle FIFO lane its next batch: at most batch_size records and one payload,
-        so that the lane's batch is exactly what was dispatched."""
-        dispatched = False
-        for lane, held in self._held.items():
-            if not held or self._outstanding[lane]:
-                continue
-            size = 0
-            count = 0
-            while held and count < self.batch_size:
-                record = held[0]
-                if count and size + record.size > MAX_PAYLOAD_BYTES:
-                    break
-                held.popleft()
-                self._leases.dispatched(record)
+                self._in_flight.add(record, message["ReceiptHandle"], received_at)
                 self._ready.append(record)
-                size += record.size
-                count += 1
-            self._outstanding[lane] = count
-            dispatched = True
-        if dispatched:
-            self._ready_changed.set()
+        self._ready_changed.set()
 
     # --- settling --------------------------------------------------------------------------------
 
     async def commit(self, records: Sequence[Record]) -> None:
         """Delete these messages (DeleteMessageBatch). Raises SourceError naming how many could not
         be deleted; those are delivered again after their visibility timeout."""
-        leases = self._settle(records)
-        if leases:
-            await self._leases.delete(leases)
+        messages = self._settle(records)
+        if messages:
+            await self._in_flight.delete(messages)
 
     async def release(self, records: Sequence[Record], delay: float) -> None:
         """Make these messages visible again after ``delay`` seconds (whole seconds, rounded up),
@@ -460,57 +378,40 @@ class SqsSource:
         of the same groups that this source still holds back are handed back with them, since they
         must not be processed first. Raises SourceError; the messages then reappear when their
         current visibility timeout ends."""
+        lanes = self._lanes
+        if lanes is None:
+            return
         # Held-back messages of these groups leave the lanes before a lane can be given more.
-        behind = self._held_behind(records) if self._fifo else []
-        leases = self._settle([*records, *behind])
-        if not leases:
+        behind = self._in_flight.pop(lanes.take_behind(records)) if lanes.fifo else []
+        messages = self._settle(records) + behind
+        if not messages:
             return
         visibility = min(MAX_VISIBILITY_SECONDS, max(0, math.ceil(delay)))
-        if not self._fifo:
-            await self._leases.change_visibility(leases, visibility)
+        if not lanes.fifo:
+            await self._in_flight.change_visibility(messages, visibility)
             return
-        # A FIFO group delivers nothing while one of its messages is invisible: the first message of
-        # a group handed back waits out the delay and holds the group; the later ones become visible
-        # at once and follow it in order (moto, unlike SQS, would even deliver them before it).
-        now = time.monotonic()
-        self._group_waits = {group: until for group, until in self._group_waits.items() if until > now}
-        waiting: list[Lease] = []
-        following: list[Lease] = []
-        for lease in leases:
-            group = lease.record.group or ""
-            if group in self._group_waits:
-                following.append(lease)
-            else:
-                waiting.append(lease)
-                self._group_waits[group] = now + visibility
+        # The first message of a group handed back waits out the delay and holds the group; the
+        # later ones become visible at once and follow it in order (moto, unlike SQS, would even
+        # deliver them before it).
+        waits = lanes.waits_for_group([message.record for message in messages], visibility, time.monotonic())
+        waiting = [message for message, wait in zip(messages, waits, strict=True) if wait]
+        following = [message for message, wait in zip(messages, waits, strict=True) if not wait]
         if waiting:
-            await self._leases.change_visibility(waiting, visibility)
+            await self._in_flight.change_visibility(waiting, visibility)
         if following:
-            await self._leases.change_visibility(following, 0)
+            await self._in_flight.change_visibility(following, 0)
 
-    def _held_behind(self, records: Sequence[Record]) -> list[Record]:
-        groups = {record.group for record in records if record.group is not None}
-        behind: list[Record] = []
-        for held in self._held.values():
-            if any(record.group in groups for record in held):
-                behind += [record for record in held if record.group in groups]
-                kept = [record for record in held if record.group not in groups]
-                held.clear()
-                held.extend(kept)
-        return behind
-
-    def _settle(self, records: Sequence[Record]) -> list[Lease]:
-        """Stop answering for these records: no more renewals, room for new receives, and (FIFO)
-        the next batch for a lane whose batch has settled."""
-        leases = self._leases.pop(records)
-        for lease in leases:
-            if lease.dispatched:
-                self._outstanding[lease.record.lane] -= 1
-        if leases:
+    def _settle(self, records: Sequence[Record]) -> list[InFlightMessage]:
+        """Stop answering for these records the engine had: no more extensions, room for new
+        receives and, on a FIFO queue, the next batch for a lane whose batch has settled."""
+        messages = self._in_flight.pop(records)
+        if messages and self._lanes is not None:
+            self._lanes.settled(message.record for message in messages)
             self._room_changed.set()
-            if self._fifo:
-                self._dispatch_fifo()
-        return leases
+            if self._lanes.fifo:
+                self._ready += self._lanes.dispatch()
+                self._ready_changed.set()
+        return messages
 
 
 async def _close_quietly(stack: contextlib.AsyncExitStack) -> None:

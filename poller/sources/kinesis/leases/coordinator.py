@@ -130,7 +130,7 @@ class LeaseCoordinator:
     def held(self) -> list[str]:
         return sorted(self._held)
 
-    async def release_all(self) -> None:
+    async def free_all(self) -> None:
         """On shutdown, after the last commits: give every held lease up (to its pending owner if
         one asked), so that other processes take the shards at once. Never raises."""
         for shard_id, held in list(self._held.items()):
@@ -142,10 +142,10 @@ class LeaseCoordinator:
                     if held.lease.pending_owner:
                         await self._call(self.store.hand_over(held.lease))
                     else:
-                        await self._call(self.store.release(held.lease))
+                        await self._call(self.store.free(held.lease))
                 except SourceError as exc:
                     log.warning(
-                        "mapping %s: could not release the lease of %s (it expires by itself): %s",
+                        "mapping %s: could not free the lease of %s (it expires by itself): %s",
                         self.name,
                         shard_id,
                         exc,
@@ -178,7 +178,7 @@ class LeaseCoordinator:
         async with held.lock:
             if self._held.get(shard_id) is not held:
                 return False
-            updated = await self._call(self.store.checkpoint(held.lease, SHARD_END, release=True))
+            updated = await self._call(self.store.checkpoint(held.lease, SHARD_END, free=True))
             del self._held[shard_id]
         self.wake(sync_shards=True)
         return updated is not None
@@ -268,7 +268,7 @@ class LeaseCoordinator:
 
     async def take_round(self) -> None:
         """One round of :meth:`take_forever`: list shards if due, create leases for new ones, then
-        take and steal per :func:`~poller.leases.balance.plan_leases`. Raises SourceError."""
+        take and steal per :func:`~poller.sources.kinesis.leases.balance.plan_leases`. Raises SourceError."""
         if self.clock() - self._last_sync >= SHARD_SYNC_INTERVAL:
             try:
                 await self._sync_shards()
@@ -287,7 +287,7 @@ class LeaseCoordinator:
             if shard_id not in self._listed:
                 # Past its retention period, or the stream was deleted: nothing left to read.
                 self._lose(shard_id, held, "the shard is no longer in the stream")
-                await self._call(self.store.release(held.lease))
+                await self._call(self.store.free(held.lease))
         expired = {
             shard_id
             for shard_id, lease in leases.items()

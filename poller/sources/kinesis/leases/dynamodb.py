@@ -18,10 +18,10 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from poller.config import AwsConnection
-from poller.connections.aws import create_client
+from poller.connections.aws import AWS_ERRORS, create_client, error_code, source_error
 from poller.errors import SourceError
 from poller.sources.kinesis.leases.lease import Lease
 
@@ -42,7 +42,6 @@ _NAMES = {
 }
 _PLACEHOLDER = re.compile(r"[#:]\w+")
 _TABLE_ACTIVE_TIMEOUT = 60.0
-_FATAL_CODES = {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException"}
 _OWNED = "#owner = :owner AND #counter = :counter"
 
 
@@ -66,8 +65,8 @@ class DynamoDBLeaseStore:
         except BaseException as exc:
             self._stack = self._client = None
             await stack.aclose()
-            if isinstance(exc, ClientError | BotoCoreError):  # creating the client (no region, ...)
-                raise SourceError(f"lease table {self.table}: {exc}") from exc
+            if isinstance(exc, AWS_ERRORS):  # creating the client (no region, ...)
+                raise source_error(f"lease table {self.table}", exc) from exc
             raise
 
     async def _ensure_table(self) -> None:
@@ -87,7 +86,7 @@ class DynamoDBLeaseStore:
                     )
                     description = created["TableDescription"]
                 except ClientError as exc:
-                    if _code(exc) != "ResourceInUseException":  # another replica was faster
+                    if error_code(exc) != "ResourceInUseException":  # another replica was faster
                         raise
             deadline = time.monotonic() + _TABLE_ACTIVE_TIMEOUT
             while description is None or description["TableStatus"] != "ACTIVE":
@@ -95,10 +94,8 @@ class DynamoDBLeaseStore:
                     raise SourceError(f"lease table {self.table} did not become ACTIVE")
                 await asyncio.sleep(0.5)
                 description = await self._describe()
-        except (ClientError, BotoCoreError) as exc:
-            raise SourceError(
-                f"lease table {self.table}: {exc}", retriable=_code(exc) not in _FATAL_CODES
-            ) from exc
+        except AWS_ERRORS as exc:
+            raise source_error(f"lease table {self.table}", exc, fatal_codes=frozenset()) from exc
         if sorted(description["KeySchema"], key=lambda k: k["KeyType"]) != _KEY_SCHEMA:
             raise SourceError(
                 f"lease table {self.table} exists with another key schema; poller needs leaseGroup "
@@ -110,7 +107,7 @@ class DynamoDBLeaseStore:
         try:
             response = await self._client.describe_table(TableName=self.table)
         except ClientError as exc:
-            if _code(exc) == "ResourceNotFoundException":
+            if error_code(exc) == "ResourceNotFoundException":
                 return None
             raise
         table: dict[str, Any] = response["Table"]
@@ -152,12 +149,10 @@ class DynamoDBLeaseStore:
             await self._require().put_item(
                 TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(shardId)"
             )
-        except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
+        except AWS_ERRORS as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
                 return False
-            raise SourceError(f"lease table {self.table}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise SourceError(f"lease table {self.table}: {exc}") from exc
+            raise source_error(f"lease table {self.table}", exc) from exc
         return True
 
     async def take(self, lease: Lease, owner: str) -> Lease | None:
@@ -171,9 +166,9 @@ class DynamoDBLeaseStore:
     async def renew(self, lease: Lease) -> Lease | None:
         return await self._update(lease, "SET #counter = #counter + :one, #expires = :expires", _OWNED)
 
-    async def checkpoint(self, lease: Lease, checkpoint: str, *, release: bool = False) -> Lease | None:
+    async def checkpoint(self, lease: Lease, checkpoint: str, *, free: bool = False) -> Lease | None:
         update = "SET #checkpoint = :checkpoint, #counter = #counter + :one"
-        update += " REMOVE #owner, #pending, #expires" if release else ", #expires = :expires"
+        update += " REMOVE #owner, #pending, #expires" if free else ", #expires = :expires"
         return await self._update(lease, update, _OWNED, {":checkpoint": {"S": checkpoint}})
 
     async def request_handoff(self, lease: Lease, owner: str) -> Lease | None:
@@ -191,7 +186,7 @@ class DynamoDBLeaseStore:
             f"{_OWNED} AND attribute_exists(#pending)",
         )
 
-    async def release(self, lease: Lease) -> Lease | None:
+    async def free(self, lease: Lease) -> Lease | None:
         return await self._update(
             lease, "SET #counter = #counter + :one REMOVE #owner, #pending, #expires", _OWNED
         )
@@ -218,31 +213,23 @@ class DynamoDBLeaseStore:
                 ExpressionAttributeValues={k: v for k, v in available.items() if k in used},
                 ReturnValues="ALL_NEW",
             )
-        except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
+        except AWS_ERRORS as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
                 return None
-            raise SourceError(f"lease table {self.table}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise SourceError(f"lease table {self.table}: {exc}") from exc
+            raise source_error(f"lease table {self.table}", exc) from exc
         return _lease(response["Attributes"])
 
     async def _request(self, operation: str, **arguments: Any) -> dict[str, Any]:
         try:
             response: dict[str, Any] = await getattr(self._require(), operation)(**arguments)
-        except (ClientError, BotoCoreError) as exc:
-            raise SourceError(f"lease table {self.table}: {exc}") from exc
+        except AWS_ERRORS as exc:
+            raise source_error(f"lease table {self.table}", exc) from exc
         return response
 
     def _require(self) -> Any:
         if self._client is None:
             raise SourceError(f"lease table {self.table} used before open()")
         return self._client
-
-
-def _code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return ""
 
 
 def _lease(item: dict[str, Any]) -> Lease:

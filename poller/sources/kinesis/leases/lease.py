@@ -64,8 +64,8 @@ class LeaseStore(Protocol):
     async def renew(self, lease: Lease) -> Lease | None:
         """Raise the counter of a lease this process owns (owner and counter unchanged)."""
 
-    async def checkpoint(self, lease: Lease, checkpoint: str, *, release: bool = False) -> Lease | None:
-        """Record a checkpoint of an owned lease; with ``release`` also give the lease up."""
+    async def checkpoint(self, lease: Lease, checkpoint: str, *, free: bool = False) -> Lease | None:
+        """Record a checkpoint of an owned lease; with ``free`` also give the lease up."""
 
     async def request_handoff(self, lease: Lease, owner: str) -> Lease | None:
         """Ask the current owner to hand the lease to ``owner``. Does not raise the counter, so the
@@ -74,5 +74,5 @@ class LeaseStore(Protocol):
     async def hand_over(self, lease: Lease) -> Lease | None:
         """Give an owned lease to its pending owner."""
 
-    async def release(self, lease: Lease) -> Lease | None:
+    async def free(self, lease: Lease) -> Lease | None:
         """Give an owned lease up: nobody owns it, anyone may take it at once."""

@@ -192,8 +192,8 @@ class SqliteLeaseStore:
             [lease.owner, lease.counter],
         )
 
-    async def checkpoint(self, lease: Lease, checkpoint: str, *, release: bool = False) -> Lease | None:
-        if release:
+    async def checkpoint(self, lease: Lease, checkpoint: str, *, free: bool = False) -> Lease | None:
+        if free:
             assignments = "lease_owner = NULL, pending_owner = NULL, lease_expires_at = NULL"
             values: list[Any] = []
         else:
@@ -225,7 +225,7 @@ class SqliteLeaseStore:
             [lease.owner, lease.counter],
         )
 
-    async def release(self, lease: Lease) -> Lease | None:
+    async def free(self, lease: Lease) -> Lease | None:
         return await self._update(
             lease,
             "lease_owner = NULL, pending_owner = NULL, lease_counter = lease_counter + 1, "

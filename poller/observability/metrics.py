@@ -1,0 +1,74 @@
+"""Prometheus metrics of the runners, read at scrape time (SPEC section 8).
+
+The hot path only increments integers in each runner's :class:`~poller.runtime.status.MappingCounts`;
+this collector turns them into metric families when ``/metrics`` is scraped. Histograms (durations,
+batch sizes) are observed by :mod:`poller.observability.tracing`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from poller.runtime.runner import MappingRunner
+from poller.sources import Lagging
+
+# name, help, MappingCounts field
+_COUNTERS = [
+    ("poller_records_polled", "Records read from the source.", "polled"),
+    ("poller_records_invoked", "Records passed to an invocation; retries count again.", "invoked"),
+    ("poller_records_succeeded", "Records in invocations that succeeded.", "succeeded"),
+    ("poller_records_failed", "Records in invocations that failed or reported failures.", "failed"),
+    ("poller_records_dead_lettered", "Records delivered to the on-failure destination.", "dead_lettered"),
+    ("poller_records_dropped", "Records given up with no on-failure destination.", "dropped"),
+    ("poller_invocations", "Handler invocations.", "invocations"),
+    ("poller_retries", "Retries of failed batches (in process or handed back to the broker).", "retries"),
+    ("poller_bisections", "Failed batches split in two.", "bisections"),
+]
+
+
+def lag_of(runner: MappingRunner) -> dict[str, int]:
+    """The lag of a runner's source per partition, in the unit its ``lag_metric`` names."""
+    return runner.source.lag() if isinstance(runner.source, Lagging) else {}
+
+
+class RunnerCollector(Collector):
+    """Reads the runners' counters at scrape time, so the hot path only increments integers."""
+
+    def __init__(self, runners: Mapping[str, MappingRunner]) -> None:
+        self.runners = runners
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_text, field in _COUNTERS:
+            counter = CounterMetricFamily(name, help_text, labels=["mapping"])
+            for mapping, runner in self.runners.items():
+                counter.add_metric([mapping], getattr(runner.status.counts, field))
+            yield counter
+        in_flight = GaugeMetricFamily(
+            "poller_in_flight_invocations", "Invocations running now.", labels=["mapping"]
+        )
+        ready = GaugeMetricFamily(
+            "poller_mapping_ready", "1 when the mapping is connected and polling.", labels=["mapping"]
+        )
+        for mapping, runner in self.runners.items():
+            in_flight.add_metric([mapping], runner.status.counts.in_flight)
+            ready.add_metric([mapping], 1 if runner.status.ready else 0)
+        yield in_flight
+        yield ready
+        # Each source type says in which metric its lag goes: the units differ (records, messages,
+        # milliseconds), so they do not share one.
+        lags: dict[str, GaugeMetricFamily] = {}
+        for mapping, runner in self.runners.items():
+            if not isinstance(runner.source, Lagging):
+                continue
+            metric = runner.source.lag_metric
+            family = lags.get(metric.name)
+            if family is None:
+                family = lags[metric.name] = GaugeMetricFamily(
+                    metric.name, metric.help, labels=["mapping", "partition"]
+                )
+            for partition, value in lag_of(runner).items():
+                family.add_metric([mapping, partition], value)
+        yield from lags.values()
