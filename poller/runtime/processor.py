@@ -99,27 +99,21 @@ class BatchProcessor:
             while pending is not None:
                 attempt: Batch | None = None
                 for action in plan_attempt(pending, self.clock.now(), self.policy, lane.handed_back_groups):
+                    if not await self._carry_out(action, lane, pending):
+                        return False
                     if isinstance(action, Invoke):
                         attempt = action.batch
-                    elif not await self._carry_out(action, lane, pending):
-                        return False
-                if attempt is None or lane.stopping.is_set():
-                    return attempt is None
+                if attempt is None:
+                    return True  # nothing left to invoke: all of it was handed back or given up
                 outcome = await self._invoke(attempt)
                 pending = None
                 for action in plan(attempt, outcome, self.policy, release=self._releasing is not None):
+                    if not await self._carry_out(action, lane, attempt, outcome):
+                        return False
                     if isinstance(action, Split):
-                        if lane.stopping.is_set():
-                            return False
-                        self.counts.bisections += 1
-                        self._log_batch(
-                            logging.WARNING, attempt, "failed (%s); bisecting", _error_of(outcome)
-                        )
                         return await self.process(action.left, lane, parent=True) and await self.process(
                             action.right, lane, parent=True
                         )
-                    if not await self._carry_out(action, lane, attempt, outcome):
-                        return False
                     if isinstance(action, Retry):
                         pending = action.batch
         return True
@@ -127,8 +121,9 @@ class BatchProcessor:
     async def _carry_out(
         self, action: Action, lane: Lane, batch: Batch, outcome: Outcome | None = None
     ) -> bool:
-        """Carry out one action of the planner; False if the lane stopped and the batch must end
-        here, with what is left uncommitted."""
+        """Carry out one action of the planner (an Invoke or a Split only passes the draining rule
+        here: :meth:`process` runs them); False if the lane stopped and the batch must end here,
+        with what is left uncommitted."""
         if lane.stopping.is_set() and not action.while_draining:
             return False  # draining or revoked: settle what was decided, start nothing new
         if isinstance(action, Commit):
@@ -149,6 +144,9 @@ class BatchProcessor:
                 action.delay,
             )
             return await self.clock.wait(action.delay, until=lane.stopping)
+        elif isinstance(action, Split):
+            self.counts.bisections += 1
+            self._log_batch(logging.WARNING, batch, "failed (%s); bisecting", _error_of(outcome))
         elif isinstance(action, GiveUp):
             return await self._give_up(action.batch, action.condition, action.error, lane)
         return True

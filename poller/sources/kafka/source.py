@@ -82,10 +82,14 @@ class KafkaSource:
         )
         try:
             await consumer.start()
+        except KafkaError as exc:
+            await _stop_quietly(consumer)
+            raise source_error(f"cannot connect to Kafka at {self.connection.bootstrap_servers}", exc) from exc
+        try:
             existing = await consumer.topics()
         except KafkaError as exc:
             await _stop_quietly(consumer)
-            raise source_error(f"cannot use Kafka at {self.connection.bootstrap_servers}", exc) from exc
+            raise source_error("cannot list Kafka topics", exc) from exc
         missing = sorted(set(self.config.topics) - existing)
         if missing:
             await _stop_quietly(consumer)

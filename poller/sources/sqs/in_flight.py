@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from poller.connections.aws import AWS_ERRORS, error_text
+from poller.engine.backoff import Backoff
 from poller.engine.records import Record
 from poller.errors import SourceError
 
@@ -31,6 +32,7 @@ MAX_VISIBILITY_SECONDS = 43200  # SQS's limit: 12 hours
 # A shorter visibility leaves the heartbeat no time to extend it before SQS delivers the message again.
 MIN_VISIBILITY_SECONDS = 2
 DELETE_ATTEMPTS = 3
+DELETE_RETRY_FIRST, DELETE_RETRY_MAX = 0.2, 1.0  # seconds between delete attempts
 CALL_CONCURRENCY = 8  # batch calls at a time, per source
 
 
@@ -108,6 +110,7 @@ class InFlight:
 
     async def _delete(self, messages: list[InFlightMessage], failures: _Failures) -> None:
         pending = dict(enumerate(messages))
+        backoff = Backoff(first=DELETE_RETRY_FIRST, maximum=DELETE_RETRY_MAX)
         for attempt in range(1, DELETE_ATTEMPTS + 1):
             entries = [
                 {"Id": str(i), "ReceiptHandle": message.receipt_handle} for i, message in pending.items()
@@ -121,7 +124,7 @@ class InFlight:
                 if attempt == DELETE_ATTEMPTS:
                     failures.add(len(pending), error_text(exc))
                     return
-                await asyncio.sleep(0.2 * attempt)
+                await asyncio.sleep(backoff.next())
                 continue
             retry: dict[int, InFlightMessage] = {}
             for failed in response.get("Failed", []):
@@ -138,7 +141,7 @@ class InFlight:
             if not retry:
                 return
             pending = retry
-            await asyncio.sleep(0.2 * attempt)
+            await asyncio.sleep(backoff.next())
 
     async def change_visibility(self, messages: list[InFlightMessage], seconds: int) -> None:
         """Make these messages visible again in ``seconds`` (ChangeMessageVisibilityBatch). Raises
