@@ -9,10 +9,12 @@ Loading a file (environment interpolation, duplicate keys, line numbers in error
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from poller.engine.filters import FILTER_FIELDS, MAX_FILTERS, FilterCriteria, FilterPatternError
 
 HANDLER_PATTERN = r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$"
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
@@ -261,6 +263,24 @@ class DynamoDBCheckpoints(_Model):
 Checkpoints = Annotated[SqliteCheckpoints | DynamoDBCheckpoints, Field(discriminator="type")]
 
 
+class FilterPattern(_Model):
+    pattern: str | dict[str, Any] = Field(
+        description="An EventBridge event pattern, as JSON text (Terraform's jsonencode) or a mapping."
+    )
+
+
+class FilterCriteriaSettings(_Model):
+    """Terraform's ``filter_criteria { filter { pattern } }``: a record is invoked when it matches
+    at least one pattern; the others are committed without an invocation (SPEC section 14)."""
+
+    filter: list[FilterPattern] = Field(default_factory=list, max_length=MAX_FILTERS)
+
+    def compile(self, source_type: str | None = None) -> FilterCriteria:
+        """The compiled patterns; raises FilterPatternError naming the filter and the problem."""
+        field = FILTER_FIELDS.get(source_type) if source_type else None
+        return FilterCriteria.compile([entry.pattern for entry in self.filter], field=field)
+
+
 class Mapping(_Model):
     function_name: str
     source: Source
@@ -289,6 +309,23 @@ class Mapping(_Model):
         description="Kinesis: where shard checkpoints are kept; default "
         f"{{type: sqlite, path: {DEFAULT_SQLITE_CHECKPOINTS_PATH}}}.",
     )
+    filter_criteria: FilterCriteriaSettings | None = Field(
+        None, description="At most 5 patterns, ORed; records that match none are not invoked."
+    )
+
+    @field_validator("filter_criteria")
+    @classmethod
+    def _check_filters(
+        cls, criteria: FilterCriteriaSettings | None, info: ValidationInfo
+    ) -> FilterCriteriaSettings | None:
+        # Compiled here so that a bad pattern is a config error with this key's path and line.
+        if criteria is not None:
+            source = info.data.get("source")
+            try:
+                criteria.compile(source.type if source is not None else None)
+            except FilterPatternError as exc:
+                raise ValueError(str(exc)) from None
+        return criteria
 
     @field_validator("maximum_record_age_in_seconds")
     @classmethod
@@ -317,6 +354,13 @@ class Mapping(_Model):
     @property
     def report_batch_item_failures(self) -> bool:
         return "ReportBatchItemFailures" in self.function_response_types
+
+    @property
+    def filters(self) -> FilterCriteria:
+        """The compiled filter criteria; without ``filter_criteria`` they match every record."""
+        if self.filter_criteria is None:
+            return FilterCriteria(())
+        return self.filter_criteria.compile(self.source.type)
 
     @property
     def on_failure_destination(self) -> str | None:

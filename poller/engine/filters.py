@@ -34,6 +34,7 @@ from poller.engine.filter_compile import (
     compile_branches,
     parse_text,
 )
+from poller.engine.records import Record
 
 __all__ = [
     "FILTER_FIELDS",
@@ -287,6 +288,14 @@ class FilterCriteria:
     def matches_record(self, payload: Mapping[str, Any], field: FilterField) -> bool:
         """Whether the event record ``payload`` of a source whose data field is ``field`` matches."""
         return not self.patterns or self.matches(self.view(payload, field))
+
+    def split(self, records: Sequence[Record], field: FilterField) -> tuple[list[Record], list[Record]]:
+        """The records that match, and those that match no pattern, each in their order."""
+        matched: list[Record] = []
+        unmatched: list[Record] = []
+        for record in records:
+            (matched if self.matches_record(record.payload, field) else unmatched).append(record)
+        return matched, unmatched
 
     def __len__(self) -> int:
         return len(self.patterns)

@@ -18,6 +18,7 @@ from poller.sources import Lagging
 # name, help, MappingCounts field
 _COUNTERS = [
     ("poller_records_polled", "Records read from the source.", "polled"),
+    ("poller_records_filtered", "Records that matched no filter: committed, never invoked.", "filtered"),
     ("poller_records_invoked", "Records passed to an invocation; retries count again.", "invoked"),
     ("poller_records_succeeded", "Records in invocations that succeeded.", "succeeded"),
     ("poller_records_failed", "Records in invocations that failed or reported failures.", "failed"),

@@ -85,7 +85,7 @@ class Telemetry:
         batch: Batch,
         positions: tuple[Any, Any],
         parent: bool,
-    ) -> Iterator[None]:
+    ) -> Iterator[BatchSpan]:
         """The span of a batch (``process <destination>``, CONSUMER). A bisected half is opened
         inside its parent's span and so becomes its child. Sets ``batch.trace_id``."""
         links = [Link(context) for context in producer_contexts(batch.records, source_format)[:MAX_LINKS]]
@@ -111,7 +111,7 @@ class Telemetry:
             context = span.get_span_context()
             if context.is_valid:
                 batch.trace_id = trace.format_trace_id(context.trace_id)
-            yield
+            yield BatchSpan(span)
 
     @contextmanager
     def attempt(self, info: MappingInfo, batch: Batch) -> Iterator[AttemptResult]:
@@ -163,6 +163,17 @@ class Telemetry:
             f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes
         ):
             yield
+
+
+@dataclass
+class BatchSpan:
+    """What the batch processor may add to a batch's span while it runs."""
+
+    span: trace.Span
+
+    def filtered(self, count: int) -> None:
+        """``count`` records of the batch matched no filter and were committed uninvoked."""
+        self.span.set_attribute("poller.batch.filtered", count)
 
 
 @dataclass

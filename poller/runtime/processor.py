@@ -34,7 +34,7 @@ from poller.engine.retry import (
 )
 from poller.errors import DestinationError, SourceError
 from poller.observability.logs import batch_context
-from poller.observability.tracing import MappingInfo, Telemetry
+from poller.observability.tracing import BatchSpan, MappingInfo, Telemetry
 from poller.runtime.function import FunctionRuntime
 from poller.runtime.lane import Lane
 from poller.runtime.status import MappingCounts
@@ -85,6 +85,7 @@ class BatchProcessor:
         self.info = info
         self.counts = counts
         self._releasing = source if isinstance(source, Releasing) else None
+        self.filters = mapping.filters  # compiled once, at start
 
     async def process(self, batch: Batch, lane: Lane, *, parent: bool = False) -> bool:
         """Run a batch to its end. False if the lane stopped first: what did not finish is left
@@ -92,10 +93,12 @@ class BatchProcessor:
         child of the span of the batch it was split from."""
         positions = (batch.records[0].position, batch.records[-1].position)
         with (
-            self.telemetry.batch(self.info, self.source.format, batch, positions, parent),
+            self.telemetry.batch(self.info, self.source.format, batch, positions, parent) as span,
             batch_context(batch.batch_id, batch.trace_id),
         ):
             pending: Batch | None = batch
+            if self.filters and not parent:
+                pending = await self._filter(batch, lane, span)
             while pending is not None:
                 attempt: Batch | None = None
                 for action in plan_attempt(pending, self.clock.now(), self.policy, lane.handed_back_groups):
@@ -117,6 +120,18 @@ class BatchProcessor:
                     if isinstance(action, Retry):
                         pending = action.batch
         return True
+
+    async def _filter(self, batch: Batch, lane: Lane, span: BatchSpan) -> Batch | None:
+        """Commit, uninvoked, the records that match no filter (SPEC section 14); return the batch
+        of those that do, if any. Only a batch as it was polled is filtered: its retries and halves
+        hold records that matched."""
+        matched, unmatched = self.filters.split(batch.records, self.source.format.filter_field)
+        if not unmatched:
+            return batch
+        self.counts.filtered += len(unmatched)
+        span.filtered(len(unmatched))
+        await self.complete(unmatched, lane)
+        return batch.derive(matched) if matched else None
 
     async def _carry_out(
         self, action: Action, lane: Lane, batch: Batch, outcome: Outcome | None = None

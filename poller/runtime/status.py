@@ -15,6 +15,7 @@ class MappingCounts:
     """Record counts since start, per mapping (AWS's ESM EventCount metrics, and a few more)."""
 
     polled: int = 0
+    filtered: int = 0  # matched no filter: committed without an invocation
     invoked: int = 0
     succeeded: int = 0
     failed: int = 0

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from poller.engine.filters import FilterField
 from poller.engine.records import Record, json_copy
 from poller.errors import SourceError
 from poller.sources.protocol import LagMetric, LaneListener, OriginalMessage
@@ -30,6 +31,7 @@ class MemoryEventFormat:
     """``{"Records": [payload, ...]}``; an item is identified by ``"<partition>:<position>"``."""
 
     messaging_system = "memory"
+    filter_field = FilterField("data", base64=False, plain_text=True)
 
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
         return {"Records": [json_copy(record.payload) for record in records]}

@@ -11,6 +11,7 @@ from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from poller.engine.filters import FilterField
 from poller.engine.records import Record
 from poller.tasks import BackgroundTasks
 
@@ -31,6 +32,8 @@ class EventFormat(Protocol):
 
     # The OpenTelemetry ``messaging.system`` of the broker (semantic conventions 1.27).
     messaging_system: str
+    # Which field of a record filter patterns see as its data, and how (SPEC section 14).
+    filter_field: FilterField
 
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
         """The handler's event for a batch, exactly as AWS would build it.

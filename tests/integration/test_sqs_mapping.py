@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from support import mapping_config, serving, sqs_queue_is_empty, unique_name, wa
 
 from poller.app import App
 from poller.config import Config
-from poller.engine.retry import RetryPolicy
+from poller.engine.backoff import Backoff
 from poller.errors import SourceError
 from poller.sources.sqs.source import SqsSource
 
@@ -126,18 +126,15 @@ def source_of(app: App) -> SqsSource:
     return source
 
 
-@dataclass(frozen=True)
-class UnhurriedRetries(RetryPolicy):
-    """Hand-backs of at least two seconds. A FIFO message handed back with visibility 0 in the
-    same millisecond stays "pending" in moto (its visibility check is strict) until a receive looks
-    at it; a long poll that found nothing waits up to a second without looking. If the group's
-    earlier message, handed back for a second, becomes visible before that look, moto skips it
-    (its group still has a pending message), then clears the later ones and delivers them first.
-    SQS itself never lets a group's later messages pass an earlier one that is in flight; a
-    hand-back longer than moto's one-second wait makes sure a receive has looked in between."""
-
-    def backoff(self, retry: int) -> float:
-        return max(2.0, super().backoff(retry))
+# Hand-backs of at least two seconds, for the FIFO test: a FIFO message handed back with visibility
+# 0 in the same millisecond stays "pending" in moto (its visibility check is strict) until a receive
+# looks at it; a long poll that found nothing waits up to a second without looking. If the group's
+# earlier message, handed back for a second, becomes visible before that look, moto skips it (its
+# group still has a pending message), then clears the later ones and delivers them first. SQS itself
+# never lets a group's later messages pass an earlier one that is in flight; a hand-back longer than
+# moto's one-second wait makes sure a receive has looked in between. With equal jitter, a first
+# delay of 4 s waits at least 2.
+UNHURRIED = Backoff(first=4.0, maximum=60.0)
 
 
 @asynccontextmanager
@@ -145,16 +142,14 @@ async def running(
     config: Config, *, receivers: int | None = 1, unhurried_retries: bool = False
 ) -> AsyncIterator[App]:
     """Run the app; ``receivers`` caps concurrent ReceiveMessage calls (None: the product default),
-    and ``unhurried_retries`` hands messages back for at least two seconds (``UnhurriedRetries``)."""
+    and ``unhurried_retries`` hands messages back for at least two seconds (``UNHURRIED``)."""
     app = App(config, drain_timeout=10)
     source = source_of(app)
     if receivers is not None:
         source.max_receivers = receivers
     if unhurried_retries:
-        runner = app.runners["m"]
-        runner.policy = UnhurriedRetries(
-            **{f.name: getattr(runner.policy, f.name) for f in fields(runner.policy)}
-        )
+        processor = app.runners["m"].processor
+        processor.policy = replace(processor.policy, schedule=UNHURRIED)
     async with serving(app):
         yield app
 

@@ -461,3 +461,55 @@ def test_schema_check_reports_a_stale_file(tmp_path: Path) -> None:
     assert schema_main(["--check", "--path", str(path)]) == 0
     path.write_text(path.read_text().replace("poller configuration", "old title"))
     assert schema_main(["--check", "--path", str(path)]) == 1
+
+
+def test_filter_criteria_take_json_text_and_yaml_mappings(tmp_path: Path, handler: str) -> None:
+    path = write(
+        tmp_path,
+        VALID.replace("HANDLER", handler)
+        + """\
+    filter_criteria:
+      filter:
+        - pattern: '{"value": {"kind": ["order"], "amount": [{"numeric": [">", 100]}]}}'
+        - pattern: {partition: [0]}
+""",
+    )
+    mapping = load_config(path, environ={}).mappings["orders-from-kafka"]
+    assert len(mapping.filters) == 2
+
+
+def test_an_invalid_filter_pattern_names_the_mapping_the_filter_and_the_problem(
+    tmp_path: Path, handler: str
+) -> None:
+    path = write(
+        tmp_path,
+        VALID.replace("HANDLER", handler)
+        + """\
+    filter_criteria:
+      filter:
+        - pattern: '{"value": {"kind": ["order"]}}'
+        - pattern: '{"value": {"amount": [{"numeric": [">"]}]}}'
+""",
+    )
+    [problem] = problems(path)
+    assert problem.startswith(
+        f"{path}:14: mappings.orders-from-kafka.filter_criteria: filter 2: value.amount: "
+    )
+    assert "numeric" in problem
+
+
+def test_more_than_five_filters_and_plain_rules_on_kinesis_data_are_refused(
+    tmp_path: Path, handler: str
+) -> None:
+    six = "".join(f"        - pattern: '{{\"partition\": [{i}]}}'\n" for i in range(6))
+    path = write(tmp_path, VALID.replace("HANDLER", handler) + "    filter_criteria:\n      filter:\n" + six)
+    [problem] = problems(path)
+    assert "mappings.orders-from-kafka.filter_criteria.filter: " in problem
+    assert "at most 5 items" in problem
+    kinesis = VALID.replace("HANDLER", handler).replace(
+        "source: {type: kafka, connection: kafka, topics: [orders]}",
+        "source: {type: kinesis, connection: aws, stream: clicks}",
+    )
+    path = write(tmp_path, kinesis + '    filter_criteria: {filter: [{pattern: \'{"data": ["plain"]}\'}]}\n')
+    [problem] = problems(path)
+    assert "filter 1: data: this source's data is matched as JSON only" in problem

@@ -316,6 +316,25 @@ async def test_an_unexpected_error_of_a_source_task_stops_the_mapping_at_once() 
     assert source.closed == 1
 
 
+async def test_records_that_match_no_filter_are_committed_uninvoked() -> None:
+    seen: list[int] = []
+
+    async def record(event: dict[str, Any]) -> None:
+        seen.extend(values(event))
+
+    behave(record)
+    source = MemoryStream()
+    source.put("t-0", *({"v": i} for i in range(10)))  # one batch: filtered inside it
+    source.put("t-1", *({"v": i} for i in range(3)))  # a whole batch filtered out
+    runner = make_runner(source, filter_criteria={"filter": [{"pattern": '{"v": [{"numeric": [">=", 5]}]}'}]})
+    async with running(runner):
+        await wait_for(lambda: source.committed_position("t-0") == 10, timeout=2, message="t-0 committed")
+        await wait_for(lambda: source.committed_position("t-1") == 3, timeout=2, message="t-1 committed")
+    assert seen == [5, 6, 7, 8, 9]
+    assert runner.status.counts.filtered == 8
+    assert runner.status.counts.invocations == 1
+
+
 async def test_log_lines_about_a_batch_carry_the_mapping_batch_and_trace_ids(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pybase64
 
+from poller.engine.filters import KAFKA_FILTER_FIELD
 from poller.engine.records import Record, json_copy
 from poller.sources.protocol import OriginalMessage
 
@@ -77,6 +78,7 @@ class KafkaEventFormat:
     """AWS's self-managed Kafka event; an item is identified by ``{"partition", "offset"}``."""
 
     messaging_system = "kafka"
+    filter_field = KAFKA_FILTER_FIELD
 
     def __init__(self, bootstrap_servers: str) -> None:
         self.bootstrap_servers = bootstrap_servers

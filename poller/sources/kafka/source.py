@@ -84,7 +84,9 @@ class KafkaSource:
             await consumer.start()
         except KafkaError as exc:
             await _stop_quietly(consumer)
-            raise source_error(f"cannot connect to Kafka at {self.connection.bootstrap_servers}", exc) from exc
+            raise source_error(
+                f"cannot connect to Kafka at {self.connection.bootstrap_servers}", exc
+            ) from exc
         try:
             existing = await consumer.topics()
         except KafkaError as exc:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pybase64
 
+from poller.engine.filters import KINESIS_FILTER_FIELD
 from poller.engine.records import Record
 from poller.sources.protocol import OriginalMessage
 
@@ -91,6 +92,7 @@ class KinesisEventFormat:
 
     # OpenTelemetry has no well-known messaging.system value for Kinesis.
     messaging_system = "aws.kinesis"
+    filter_field = KINESIS_FILTER_FIELD
 
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
         # New containers, so that the handler owns its event (EventFormat.event); dict.copy clones

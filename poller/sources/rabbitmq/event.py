@@ -31,6 +31,7 @@ from pamqp.commands import Basic
 from yarl import URL
 
 from poller.connections.aws import ACCOUNT_ID
+from poller.engine.filters import RABBITMQ_FILTER_FIELD
 from poller.engine.records import Record, json_copy
 from poller.sources.protocol import OriginalMessage
 
@@ -293,6 +294,7 @@ class RabbitMQEventFormat:
     """Builds the ``aws:rmq`` event; ``Record.partition`` is the ``"<queue>::<vhost>"`` key."""
 
     messaging_system = "rabbitmq"
+    filter_field = RABBITMQ_FILTER_FIELD
 
     def __init__(self, event_source_arn: str, vhost: str) -> None:
         self.event_source_arn = event_source_arn

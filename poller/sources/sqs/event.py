@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from poller.engine.filters import SQS_FILTER_FIELD
 from poller.engine.records import Record, json_copy
 from poller.sources.protocol import OriginalMessage
 
@@ -133,6 +134,7 @@ class SqsEventFormat:
     """Lambda's SQS event: ``{"Records": [...]}``; an item is identified by its ``messageId``."""
 
     messaging_system = "aws_sqs"
+    filter_field = SQS_FILTER_FIELD
 
     def __init__(self, queue: QueueInfo | None = None) -> None:
         self.queue = queue  # known once the source has started
