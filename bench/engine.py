@@ -18,6 +18,8 @@ import time
 from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
+import orjson
+
 from bench.handlers import count
 from bench.micro import kafka_messages
 from poller.app import loop_factory, tune_garbage_collector
@@ -49,9 +51,9 @@ class MemoryKafkaSource:
     reads = TOPIC
     consumer_group = None
 
-    def __init__(self, total: int, partitions: int, fetch: int) -> None:
+    def __init__(self, total: int, partitions: int, fetch: int, *, json_values: bool = False) -> None:
         self.format = KafkaEventFormat("127.0.0.1:9092")
-        self._messages = kafka_messages(fetch)
+        self._messages = kafka_messages(fetch, values=order_values(fetch) if json_values else None)
         share, extra = divmod(total, partitions)
         self._left = {f"{TOPIC}-{p}": share + (p < extra) for p in range(partitions)}
         self._paused: set[str] = set()
@@ -83,8 +85,34 @@ class MemoryKafkaSource:
         pass
 
 
-async def run(total: int, partitions: int, fetch: int, batch_size: int) -> float:
-    """CPU seconds of the process for ``total`` records from first poll to the last invocation."""
+def order_values(count: int, size: int = 1024) -> list[bytes]:
+    """JSON values of about ``size`` bytes, alternately of kind "order" and "refund"."""
+    pad = "x" * max(0, size - 80)
+    kinds = ("order", "refund")
+    return [
+        orjson.dumps({"kind": kinds[i % 2], "amount": i, "region": "eu-west-1", "pad": pad})
+        for i in range(count)
+    ]
+
+
+def served_matching(total: int, partitions: int, fetch: int) -> int:
+    """How many of the records MemoryKafkaSource serves are of kind "order" (every other one of
+    each fetch, which always starts at the list's first message)."""
+    share, extra = divmod(total, partitions)
+    matching = 0
+    for partition in range(partitions):
+        left = share + (partition < extra)
+        while left:
+            taken = min(left, fetch)
+            matching += (taken + 1) // 2
+            left -= taken
+    return matching
+
+
+async def run(total: int, partitions: int, fetch: int, batch_size: int, pattern: str | None = None) -> float:
+    """CPU seconds of the process for ``total`` records from first poll to the last invocation;
+    with a filter ``pattern`` the values are JSON orders and refunds (:func:`order_values`)."""
+    filters = {"filter_criteria": {"filter": [{"pattern": pattern}]}} if pattern else {}
     config = Config.model_validate(
         {
             "connections": {"k": {"type": "kafka", "bootstrap_servers": "127.0.0.1:9092"}},
@@ -94,6 +122,7 @@ async def run(total: int, partitions: int, fetch: int, batch_size: int) -> float
                     "function_name": "fn",
                     "source": {"type": "kafka", "connection": "k", "topics": [TOPIC]},
                     "batch_size": batch_size,
+                    **filters,
                 }
             },
             "admin": {"port": 0},
@@ -101,14 +130,15 @@ async def run(total: int, partitions: int, fetch: int, batch_size: int) -> float
     )
     mapping = config.mappings["m"]
     function = FunctionRuntime("fn", config.functions["fn"])
-    source = MemoryKafkaSource(total, partitions, fetch)
+    source = MemoryKafkaSource(total, partitions, fetch, json_values=pattern is not None)
     runner = MappingRunner("m", mapping, source, function, None)  # type: ignore[arg-type]
     # The function runtime imports the handler as bench.engine, which is not this module when
     # run as ``python -m bench.engine`` (then it is __main__): talk to that one.
     from bench import engine
 
     handled = engine._handled
-    handled.update(count=0, target=total, done=asyncio.Event())
+    target = served_matching(total, partitions, fetch) if pattern else total
+    handled.update(count=0, target=target, done=asyncio.Event())
     started = time.process_time()
     task = asyncio.create_task(runner.run())
     await handled["done"].wait()
@@ -125,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fetch", type=int, default=500, help="messages per partition and poll")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5, help="runs; the best is reported")
+    parser.add_argument(
+        "--filter",
+        metavar="PATTERN",
+        help='a filter pattern, e.g. \'{"value": {"kind": ["order"]}}\': the values are then JSON, '
+        "half of them orders (the records' count includes the filtered ones)",
+    )
     args = parser.parse_args(argv)
     # As `poller run` sets them up: tracing (from the OTEL_* variables), its event loop and its
     # garbage collector settings.
@@ -133,10 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for _ in range(args.repeat):
         with asyncio.Runner(loop_factory=loop_factory()) as loop:
-            runs.append(loop.run(run(args.records, args.partitions, args.fetch, args.batch_size)))
+            runs.append(
+                loop.run(run(args.records, args.partitions, args.fetch, args.batch_size, args.filter))
+            )
     per_record = min(runs) / args.records * 1e6
     print(
-        f"engine, kafka-shaped, {args.partitions} partitions, batch {args.batch_size}: "
+        f"engine, kafka-shaped, {args.partitions} partitions, batch {args.batch_size}"
+        + (f", filter {args.filter}" if args.filter else "")
+        + ": "
         f"{per_record:.2f} us CPU per record (best of {args.repeat}; runs "
         + ", ".join(f"{run / args.records * 1e6:.2f}" for run in runs)
         + ")"

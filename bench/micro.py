@@ -36,12 +36,13 @@ QUEUE = QueueInfo(
 )
 
 
-def kafka_messages(count: int, size: int = 1024) -> list[Any]:
-    value = os.urandom(size)
+def kafka_messages(count: int, size: int = 1024, *, values: list[bytes] | None = None) -> list[Any]:
+    """``count`` ConsumerRecords of ``size`` random bytes each, or with the given ``values``."""
+    random = os.urandom(size)
     now = int(time.time() * 1000)
     return [
-        ConsumerRecord("bench", 0, offset, now, 0, b"key-%d" % offset, value, None, 6, size, [])
-        for offset in range(count)
+        ConsumerRecord("bench", 0, offset, now, 0, b"key-%d" % offset, value, None, 6, len(value), [])
+        for offset, value in enumerate(values or [random] * count)
     ]
 
 

@@ -15,13 +15,15 @@ import sys
 from collections.abc import Callable
 
 from poller.clock import Clock
-from poller.config import Config
+from poller.config import Config, Mapping, SqliteCheckpoints
 from poller.destinations import Destination, build_destination
 from poller.errors import PollerError
 from poller.observability.admin import AdminServer
 from poller.observability.tracing import Telemetry, configure_tracing, flush_tracing, shutdown_tracing
 from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
+from poller.runtime.window_store import build_window_store
+from poller.runtime.windows import window_group
 from poller.sources import build_source
 
 log = logging.getLogger(__name__)
@@ -53,20 +55,30 @@ class App:
             name: build_destination(name, config) for name in sorted(n for n in used if n is not None)
         }
         self.runners = {
-            name: MappingRunner(
-                name,
-                mapping,
-                build_source(name, mapping, config),
-                self.functions[mapping.function_name],
-                self.destinations.get(mapping.on_failure_destination or ""),
-                clock=clock,
-                drain_timeout=drain_timeout,
-                telemetry=self.telemetry,
-            )
-            for name, mapping in enabled.items()
+            name: self._runner(name, mapping, clock, drain_timeout) for name, mapping in enabled.items()
         }
         self.admin = AdminServer(config.admin.host, config.admin.port, self.runners, self.telemetry.registry)
         self.stopping = asyncio.Event()
+
+    def _runner(
+        self, name: str, mapping: Mapping, clock: Clock | None, drain_timeout: float
+    ) -> MappingRunner:
+        source = build_source(name, mapping, self.config)
+        window_store = None
+        if mapping.tumbling_window_in_seconds is not None:
+            settings = mapping.checkpoints or SqliteCheckpoints(type="sqlite")
+            window_store = build_window_store(settings, window_group(name, source.reads), self.config)
+        return MappingRunner(
+            name,
+            mapping,
+            source,
+            self.functions[mapping.function_name],
+            self.destinations.get(mapping.on_failure_destination or ""),
+            clock=clock,
+            drain_timeout=drain_timeout,
+            telemetry=self.telemetry,
+            window_store=window_store,
+        )
 
     def stop(self) -> None:
         self.stopping.set()

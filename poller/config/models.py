@@ -306,11 +306,19 @@ class Mapping(_Model):
     parallelization_factor: int = Field(1, ge=1, le=10, description="Kinesis: concurrent batches per shard.")
     checkpoints: Checkpoints | None = Field(
         None,
-        description="Kinesis: where shard checkpoints are kept; default "
+        description="Kinesis: where shard checkpoints and window state are kept; Kafka with tumbling "
+        "windows: where window state is kept (offsets stay in the consumer group); default "
         f"{{type: sqlite, path: {DEFAULT_SQLITE_CHECKPOINTS_PATH}}}.",
     )
     filter_criteria: FilterCriteriaSettings | None = Field(
         None, description="At most 5 patterns, ORed; records that match none are not invoked."
+    )
+    tumbling_window_in_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=900,
+        description="Kinesis and Kafka: aggregate over windows of this many seconds (state passed from "
+        "one invocation to the next, a final invocation per window).",
     )
 
     @field_validator("filter_criteria")
@@ -418,8 +426,16 @@ class Config(_Model):
                     errors.append(
                         (("mappings", name, "parallelization_factor"), "applies to kinesis sources only")
                     )
-                if mapping.checkpoints is not None:
-                    errors.append((("mappings", name, "checkpoints"), "applies to kinesis sources only"))
+                windowed_kafka = mapping.source.type == "kafka" and mapping.tumbling_window_in_seconds
+                if mapping.checkpoints is not None and not windowed_kafka:
+                    errors.append(
+                        (
+                            ("mappings", name, "checkpoints"),
+                            "applies to kinesis sources, and to kafka sources with tumbling windows",
+                        )
+                    )
+            if mapping.tumbling_window_in_seconds is not None:
+                errors += _window_errors(name, mapping)
             if isinstance(mapping.checkpoints, DynamoDBCheckpoints):
                 check_connection(
                     ("mappings", name, "checkpoints", "connection"), mapping.checkpoints.connection, "aws"
@@ -444,3 +460,16 @@ class Config(_Model):
                         )
                     )
         return errors
+
+
+def _window_errors(name: str, mapping: Mapping) -> list[tuple[tuple[str | int, ...], str]]:
+    """What cannot be combined with tumbling windows (SPEC section 15)."""
+    path: tuple[str | int, ...] = ("mappings", name, "tumbling_window_in_seconds")
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    if mapping.source.type not in ("kinesis", "kafka"):
+        errors.append((path, "applies to kinesis and kafka sources only"))
+    if mapping.parallelization_factor > 1:
+        errors.append((path, "cannot be combined with parallelization_factor above 1"))
+    if mapping.bisect_batch_on_function_error:
+        errors.append((path, "cannot be combined with bisect_batch_on_function_error"))
+    return errors

@@ -58,6 +58,10 @@ class KafkaDestination:
             # One at a time: failures are rare, and each message's acknowledgement is then certain.
             for record in records:
                 await self._send_one(producer, failure, record, origin)
+            if not records:  # a tumbling window's final invocation failed: it had no records
+                await producer.send_and_wait(
+                    self.topic, orjson.dumps(failure), headers=_headers(failure, OriginalMessage())
+                )
         except KafkaError as exc:
             raise DestinationError(f"Kafka topic {self.topic} did not acknowledge: {exc}") from exc
 

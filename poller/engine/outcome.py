@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from poller.engine.windows import state_of
+
 MAX_STACK_FRAMES = 20
 _RUNTIME_DIR = str(Path(__file__).parent)
 
@@ -45,7 +47,9 @@ class InvocationError:
 
 @dataclass(frozen=True)
 class Succeeded:
-    pass
+    """Every record succeeded. ``state``: what a tumbling-window invocation returned."""
+
+    state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class PartiallyFailed:
 
     failed: frozenset[Hashable]
     error: InvocationError
+    state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,21 +75,33 @@ def outcome_of(
     report_batch_item_failures: bool,
     batch_keys: Sequence[Hashable],
     item_key: Callable[[object], Hashable | None],
+    window: bool = False,
 ) -> Outcome:
     """Turn a handler's result (or InvocationError) into an Outcome.
 
     ``item_key`` normalises one ``itemIdentifier`` to the key the source gave its records, or
-    returns None when the identifier has the wrong shape.
+    returns None when the identifier has the wrong shape. With ``window`` (a tumbling-window
+    invocation) the response must be an object with a ``state`` object, which the outcome carries.
     """
     if isinstance(result, InvocationError):
         return Failed(result)
+    state = None
+    if window:
+        state = state_of(result)
+        if state is None:
+            return Failed(
+                InvocationError(
+                    "InvalidTumblingWindowResponse",
+                    "a tumbling-window invocation must return an object with a state object",
+                )
+            )
     if not report_batch_item_failures or result is None:
-        return Succeeded()
+        return Succeeded(state)
     if not isinstance(result, dict):
         return Succeeded() if result in ("", []) else _invalid(f"response is a {type(result).__name__}")
     failures = result.get("batchItemFailures")
     if not failures:  # absent, null or empty: everything succeeded
-        return Succeeded()
+        return Succeeded(state)
     if not isinstance(failures, list):
         return _invalid("batchItemFailures is not a list")
     known = set(batch_keys)
@@ -100,7 +117,7 @@ def outcome_of(
             return _invalid(f"itemIdentifier {identifier!r} is not in the batch")
         failed.add(key)
     error = InvocationError("BatchItemFailures", f"{len(failed)} of {len(known)} records reported as failed")
-    return PartiallyFailed(frozenset(failed), error)
+    return PartiallyFailed(frozenset(failed), error, state)
 
 
 def _invalid(reason: str) -> Failed:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from poller.engine.windows import state_size
 from poller.observability.metrics import RunnerCollector, lag_of
 from poller.runtime.runner import MappingRunner
 from poller.sources import Lagging
@@ -69,6 +70,7 @@ class AdminServer:
                     "function": runner.mapping.function_name,
                     "counts": runner.status.counts.as_dict(),
                     **_lag_entries(runner),
+                    **_window_entries(runner),
                 }
                 for name, runner in self.runners.items()
             }
@@ -86,3 +88,15 @@ def _lag_entries(runner: MappingRunner) -> dict[str, dict[str, int]]:
     if isinstance(runner.source, Lagging):
         entries[runner.source.lag_metric.key] = lag_of(runner)
     return entries
+
+
+def _window_entries(runner: MappingRunner) -> dict[str, dict[str, dict[str, object]]]:
+    """``windows``: each open tumbling window of the mapping, by partition."""
+    if runner.windows is None:
+        return {}
+    return {
+        "windows": {
+            partition: {**window.window.describe(), "stateBytes": state_size(window.state)}
+            for partition, window in runner.windows.open_windows().items()
+        }
+    }

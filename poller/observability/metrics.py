@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from poller.engine.windows import state_size
 from poller.runtime.runner import MappingRunner
 from poller.sources import Lagging
 
@@ -73,3 +74,26 @@ class RunnerCollector(Collector):
             for partition, value in lag_of(runner).items():
                 family.add_metric([mapping, partition], value)
         yield from lags.values()
+        yield from self._windows()
+
+    def _windows(self) -> Iterator[Metric]:
+        windowed = {
+            name: runner.windows for name, runner in self.runners.items() if runner.windows is not None
+        }
+        if not windowed:
+            return
+        count = GaugeMetricFamily(
+            "poller_tumbling_windows_open", "Tumbling windows open now.", labels=["mapping"]
+        )
+        size = GaugeMetricFamily(
+            "poller_tumbling_window_state_bytes",
+            "Size of an open tumbling window's state, as JSON.",
+            labels=["mapping", "partition"],
+        )
+        for mapping, keeper in windowed.items():
+            windows = keeper.open_windows()
+            count.add_metric([mapping], len(windows))
+            for partition, window in windows.items():
+                size.add_metric([mapping, partition], state_size(window.state))
+        yield count
+        yield size

@@ -114,6 +114,24 @@ class Telemetry:
             yield BatchSpan(span)
 
     @contextmanager
+    def window_close(self, info: MappingInfo, partition: str, window: dict[str, str]) -> Iterator[None]:
+        """The span of a tumbling window's final invocation (``close window <destination>``)."""
+        attributes: dict[str, Any] = {
+            "messaging.system": info.messaging_system,
+            "messaging.operation.name": "process",
+            "messaging.destination.name": info.source_name,
+            "messaging.destination.partition.id": partition,
+            "poller.mapping": info.mapping,
+            "poller.function": info.function,
+            "poller.window.start": window["start"],
+            "poller.window.end": window["end"],
+        }
+        with self.tracer.start_as_current_span(
+            f"close window {info.source_name}", kind=SpanKind.CONSUMER, attributes=attributes
+        ):
+            yield
+
+    @contextmanager
     def attempt(self, info: MappingInfo, batch: Batch) -> Iterator[AttemptResult]:
         """The span of one invocation (``invoke <function>``), and its duration and size metrics."""
         result = AttemptResult()

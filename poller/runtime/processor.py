@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 from poller.clock import Clock
 from poller.config import Mapping
@@ -56,6 +57,17 @@ def retry_policy(mapping: Mapping, *, ordered: bool) -> RetryPolicy:
     )
 
 
+class WindowHooks(Protocol):
+    """What the processor asks of a mapping's tumbling windows (:mod:`poller.runtime.windows`)."""
+
+    def event_fields(self, lane: Lane) -> dict[str, Any]:
+        """The window's keys of the lane's next event: window, state, where it comes from."""
+
+    async def fold(self, lane: Lane, batch: Batch, outcome: Outcome) -> bool:
+        """An invocation of the window ended: keep the state it returned (stored durably); False
+        if the lane stopped before it could be stored."""
+
+
 class BatchProcessor:
     """Carries batches of one mapping through the planner's actions; one call of :meth:`process`
     per batch, from the lane's own task."""
@@ -86,6 +98,7 @@ class BatchProcessor:
         self.counts = counts
         self._releasing = source if isinstance(source, Releasing) else None
         self.filters = mapping.filters  # compiled once, at start
+        self.windows: WindowHooks | None = None  # a mapping with tumbling windows sets its keeper here
 
     async def process(self, batch: Batch, lane: Lane, *, parent: bool = False) -> bool:
         """Run a batch to its end. False if the lane stopped first: what did not finish is left
@@ -108,7 +121,10 @@ class BatchProcessor:
                         attempt = action.batch
                 if attempt is None:
                     return True  # nothing left to invoke: all of it was handed back or given up
-                outcome = await self._invoke(attempt)
+                outcome = await self._invoke(attempt, lane)
+                # A window's new state is stored before what it folded in is committed.
+                if self.windows is not None and not await self.windows.fold(lane, attempt, outcome):
+                    return False
                 pending = None
                 for action in plan(attempt, outcome, self.policy, release=self._releasing is not None):
                     if not await self._carry_out(action, lane, attempt, outcome):
@@ -163,10 +179,10 @@ class BatchProcessor:
             self.counts.bisections += 1
             self._log_batch(logging.WARNING, batch, "failed (%s); bisecting", _error_of(outcome))
         elif isinstance(action, GiveUp):
-            return await self._give_up(action.batch, action.condition, action.error, lane)
+            return await self.give_up(action.batch, action.condition, action.error, lane)
         return True
 
-    async def _invoke(self, batch: Batch) -> Outcome:
+    async def _invoke(self, batch: Batch, lane: Lane) -> Outcome:
         counts = self.counts
         batch.invocations += 1
         counts.invocations += 1
@@ -174,12 +190,16 @@ class BatchProcessor:
         counts.in_flight += 1
         try:
             with self.telemetry.attempt(self.info, batch) as attempt:
-                result = await self.function.invoke(self.source.format.event(batch.records), fresh=True)
+                event = self.source.format.event(batch.records)
+                if self.windows is not None:
+                    event.update(self.windows.event_fields(lane))
+                result = await self.function.invoke(event, fresh=True)
                 attempt.outcome = outcome_of(
                     result,
                     report_batch_item_failures=self.mapping.report_batch_item_failures,
                     batch_keys=[record.item_key for record in batch.records],
                     item_key=self.source.format.item_key,
+                    window=self.windows is not None,
                 )
         finally:
             counts.in_flight -= 1
@@ -209,17 +229,28 @@ class BatchProcessor:
             # They come back on their own when the broker's lease on them ends.
             log.warning("mapping %s: %s", self.name, exc)
 
-    async def _give_up(self, batch: Batch, condition: str, error: InvocationError, lane: Lane) -> bool:
+    async def give_up(
+        self,
+        batch: Batch,
+        condition: str,
+        error: InvocationError,
+        lane: Lane,
+        *,
+        source: dict[str, Any] | None = None,
+    ) -> bool:
         """Hand the batch to the on-failure destination (retrying until it confirms), then commit.
-        False if the lane stopped before the destination confirmed."""
+        False if the lane stopped before the destination confirmed. ``source`` describes a batch
+        of no records (a window's final invocation); otherwise the event format describes them."""
         destination = self.mapping.on_failure_destination or "none"
         with self.telemetry.delivery(self.info, destination, batch, condition):
-            delivered = await self._deliver(batch, condition, error, lane)
+            delivered = await self._deliver(batch, condition, error, lane, source)
         if delivered:
             await self.complete(batch.records, lane)
         return delivered
 
-    async def _deliver(self, batch: Batch, condition: str, error: InvocationError, lane: Lane) -> bool:
+    async def _deliver(
+        self, batch: Batch, condition: str, error: InvocationError, lane: Lane, source: dict[str, Any] | None
+    ) -> bool:
         records = batch.records
         failure = failure_record(
             mapping=self.name,
@@ -227,8 +258,8 @@ class BatchProcessor:
             condition=condition,
             error=error,
             # Queues count earlier deliveries themselves: attempts made before a restart count too.
-            invocations=batch.invocations + max(record.receive_count for record in records),
-            source=self.source.format.describe(records),
+            invocations=batch.invocations + max((record.receive_count for record in records), default=0),
+            source=source or self.source.format.describe(records),
             records=records,
             trace_id=batch.trace_id,
             now=self.clock.now(),
@@ -282,6 +313,9 @@ class BatchProcessor:
 
     def _log_batch(self, level: int, batch: Batch, message: str, *args: object) -> None:
         records = batch.records
+        if not records:  # a window's final invocation
+            log.log(level, "mapping %s batch %d: %s", self.name, batch.batch_id, message % args)
+            return
         log.log(
             level,
             "mapping %s batch %d (%s %s..%s, %d records): %s",

@@ -32,6 +32,8 @@ from poller.runtime.function import FunctionRuntime
 from poller.runtime.lane import Lane
 from poller.runtime.processor import BatchProcessor, retry_policy
 from poller.runtime.status import MappingStatus
+from poller.runtime.window_store import WindowStore
+from poller.runtime.windows import WindowKeeper
 from poller.sources import Pausable, Source
 from poller.tasks import BackgroundTasks
 
@@ -60,6 +62,7 @@ class MappingRunner:
         policy: RetryPolicy | None = None,
         telemetry: Telemetry | None = None,
         drain_timeout: float = 30.0,
+        window_store: WindowStore | None = None,
     ) -> None:
         self.name = name
         self.mapping = mapping
@@ -68,18 +71,33 @@ class MappingRunner:
         self.drain_timeout = drain_timeout
         self.status = MappingStatus()
         self.info = MappingInfo.of(name, mapping, source)
+        clock, telemetry = clock or Clock(), telemetry or Telemetry()
+        policy = policy or retry_policy(mapping, ordered=source.ordered)
         self.processor = BatchProcessor(
             name,
             mapping,
             source,
             function,
             destination,
-            policy=policy or retry_policy(mapping, ordered=source.ordered),
-            clock=clock or Clock(),
-            telemetry=telemetry or Telemetry(),
+            policy=policy,
+            clock=clock,
+            telemetry=telemetry,
             info=self.info,
             counts=self.status.counts,
         )
+        self.windows: WindowKeeper | None = None
+        if mapping.tumbling_window_in_seconds is not None:
+            assert window_store is not None, "a mapping with tumbling windows needs a window store"
+            self.windows = WindowKeeper(
+                name,
+                mapping.tumbling_window_in_seconds,
+                window_store,
+                self.processor,
+                clock=clock,
+                policy=policy,
+                telemetry=telemetry,
+                info=self.info,
+            )
         self._lanes: dict[str, Lane] = {}
         self._lane_tasks: dict[str, asyncio.Task[None]] = {}
         self._revoking: set[str] = set()  # partitions being given up: late-polled records are dropped
@@ -119,6 +137,8 @@ class MappingRunner:
                     self.status.ready = False
                     await self.source.close()
                     await source_tasks.close()
+                    if self.windows is not None:
+                        await self.windows.store.close()
         except BaseExceptionGroup as errors:
             # The mapping's error itself rather than a group of one.
             if len(errors.exceptions) == 1:
@@ -136,6 +156,8 @@ class MappingRunner:
         self.status.state = "Connecting"
         while not self._stopping.is_set():
             try:
+                if self.windows is not None:
+                    await self.windows.store.open()
                 await self.source.start(self, tasks)
             except SourceError as exc:
                 self.status.last_error = str(exc)
@@ -143,6 +165,8 @@ class MappingRunner:
                     self.status.state = "Failed"
                     raise
                 await tasks.close()  # what a failed start began
+                if self.windows is not None:
+                    await self.windows.store.close()
                 delay = backoff.next()
                 log.warning("mapping %s: %s; retrying in %.1f s", self.name, exc, delay)
                 await first_of(self._stopping, within=delay)
@@ -244,16 +268,57 @@ class MappingRunner:
         return lane
 
     async def _run_lane(self, lane: Lane) -> None:
+        windows = self.windows
         try:
-            while (records := await lane.next_batch()) is not None:
+            if windows is not None and not await windows.open(lane):
+                return
+            while (records := await lane.next_batch(windows.due(lane) if windows else None)) is not None:
+                if not records:  # its window's end passed, or its shard ended, with nothing left to do
+                    assert windows is not None
+                    if lane.ended:
+                        if lane.window is not None:
+                            await windows.close(lane)
+                        break
+                    await windows.close_if_due(lane)
+                    continue
                 self._progress.set()
                 if lane.paused and len(lane.batcher) <= self._low_water and isinstance(self.source, Pausable):
                     lane.paused = False
                     self.source.resume([lane.name])
                 lane.handed_back_groups.clear()
-                await self.processor.process(Batch(records, trace_id=secrets.token_hex(16)), lane)
+                batch = Batch(records, trace_id=secrets.token_hex(16))
+                if windows is not None:
+                    await windows.process(batch, lane)
+                else:
+                    await self.processor.process(batch, lane)
         finally:
+            if windows is not None:
+                windows.forget(lane)
             lane.finished.set()
+
+    def partitions_assigned(self, partitions: Collection[str]) -> None:
+        """LaneListener: these partitions are this mapping's now. With tumbling windows their lanes
+        open at once, so that a window resumed from the store closes on time even if no record
+        of it is left to read."""
+        if self.windows is None or self._group is None:
+            return
+        for partition in partitions:
+            if partition not in self._lanes and partition not in self._revoking:
+                self._open_lane(partition, partition)
+
+    async def partitions_ended(self, partitions: Collection[str]) -> None:
+        """LaneListener: these partitions were read to their end (a Kinesis shard after a reshard).
+        With tumbling windows their lanes close their windows first, from their own tasks, once
+        they have nothing else to do; then the partitions are given up as revoked ones are."""
+        if self.windows is not None:
+            ending = [lane for lane in self._lanes.values() if lane.partition in partitions]
+            for lane in ending:
+                lane.end()
+            await _wait_finished(
+                ending,
+                self.function.config.timeout * (self.processor.policy.maximum_retry_attempts + 2) + 5.0,
+            )
+        await self.partitions_revoked(partitions)
 
     async def partitions_revoked(self, partitions: Collection[str]) -> None:
         """LaneListener: let the lanes of revoked partitions finish their in-flight batch and commit,

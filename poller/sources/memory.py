@@ -46,6 +46,9 @@ class MemoryEventFormat:
     def item_key(self, identifier: object) -> Hashable | None:
         return identifier if isinstance(identifier, str) and ":" in identifier else None
 
+    def window_fields(self, partition: str) -> dict[str, Any]:
+        return {"partition": partition, "eventSourceARN": f"arn:memory:{partition}"}
+
     def trace_parent(self, record: Record) -> str | None:
         value = record.payload.get("traceparent")
         return value if isinstance(value, str) else None
@@ -114,6 +117,16 @@ class MemoryStream:
         """The checkpoint of a partition: the position after the last record committed."""
         positions = [record.position for record in self.committed if record.partition == partition]
         return max(positions) + 1 if positions else None
+
+    def assign(self, partitions: Collection[str]) -> None:
+        """Tell the engine these partitions are its now, as a rebalance or a lease taken does."""
+        assert self.listener is not None, "assign() before start()"
+        self.listener.partitions_assigned(partitions)
+
+    async def end(self, partitions: Collection[str]) -> None:
+        """Tell the engine these partitions were read to their end, as a closed Kinesis shard."""
+        assert self.listener is not None, "end() before start()"
+        await self.listener.partitions_ended(partitions)
 
     async def revoke(self, partitions: Collection[str]) -> None:
         """Give partitions up, as a rebalance does: the engine finishes their in-flight batches

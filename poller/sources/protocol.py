@@ -61,10 +61,20 @@ class EventFormat(Protocol):
 
 
 class LaneListener(Protocol):
+    """What a source tells the engine about the partitions it reads (the runner listens)."""
+
+    def partitions_assigned(self, partitions: Collection[str]) -> None:
+        """The source reads these partitions now (a Kafka assignment, a Kinesis lease taken).
+        Must not block: it only starts work."""
+
     async def partitions_revoked(self, partitions: Collection[str]) -> None:
         """The source is giving these partitions up (a Kafka rebalance, a lost Kinesis lease).
         Returns once their in-flight batches have finished and what completed is committed;
         nothing of them commits after."""
+
+    async def partitions_ended(self, partitions: Collection[str]) -> None:
+        """These partitions were read to their end (a Kinesis shard closed by a reshard) and
+        everything read of them is committed; returns once they are given up, as revoked ones."""
 
 
 class Source(Protocol):
@@ -119,6 +129,15 @@ class Releasing(Protocol):
     async def release(self, records: Sequence[Record], delay: float) -> None:
         """Deliver these records again after ``delay`` seconds with their attempt count raised.
         Raises SourceError; the records then come back by the broker's own timeout."""
+
+
+@runtime_checkable
+class Windowed(Protocol):
+    """An event format whose sources can aggregate over tumbling windows (Kinesis, Kafka)."""
+
+    def window_fields(self, partition: str) -> dict[str, Any]:
+        """What a tumbling-window event says of where it comes from: Kinesis ``shardId`` and
+        ``eventSourceARN``; Kafka ``partition`` (``topic-partition``) and ``eventSourceARN``."""
 
 
 @dataclass(frozen=True)

@@ -513,3 +513,43 @@ def test_more_than_five_filters_and_plain_rules_on_kinesis_data_are_refused(
     path = write(tmp_path, kinesis + '    filter_criteria: {filter: [{pattern: \'{"data": ["plain"]}\'}]}\n')
     [problem] = problems(path)
     assert "filter 1: data: this source's data is matched as JSON only" in problem
+
+
+def test_tumbling_windows_are_checked_against_what_they_cannot_be_combined_with(
+    tmp_path: Path, handler: str
+) -> None:
+    valid = VALID.replace("HANDLER", handler)
+    path = write(tmp_path, valid + "    tumbling_window_in_seconds: 900\n")
+    assert load_config(path, environ={}).mappings["orders-from-kafka"].tumbling_window_in_seconds == 900
+    path = write(
+        tmp_path, valid + "    tumbling_window_in_seconds: 901\n    bisect_batch_on_function_error: true\n"
+    )
+    [too_long] = problems(path)
+    assert "mappings.orders-from-kafka.tumbling_window_in_seconds: " in too_long
+    assert "less than or equal to 900" in too_long
+    path = write(
+        tmp_path, valid + "    tumbling_window_in_seconds: 60\n    bisect_batch_on_function_error: true\n"
+    )
+    assert problems(path) == [
+        f"{path}:14: mappings.orders-from-kafka.tumbling_window_in_seconds: "
+        "cannot be combined with bisect_batch_on_function_error"
+    ]
+    kinesis = valid.replace(
+        "source: {type: kafka, connection: kafka, topics: [orders]}",
+        "source: {type: kinesis, connection: aws, stream: clicks}",
+    )
+    path = write(tmp_path, kinesis + "    tumbling_window_in_seconds: 60\n    parallelization_factor: 2\n")
+    [combined] = problems(path)
+    assert "cannot be combined with parallelization_factor above 1" in combined
+    sqs = valid.replace(
+        "source: {type: kafka, connection: kafka, topics: [orders]}",
+        "source: {type: sqs, connection: aws, queue: orders}",
+    )
+    path = write(tmp_path, sqs + "    tumbling_window_in_seconds: 60\n")
+    [wrong_source] = problems(path)
+    assert "applies to kinesis and kafka sources only" in wrong_source
+    path = write(
+        tmp_path,
+        valid + "    tumbling_window_in_seconds: 60\n    checkpoints: {type: sqlite, path: w.db}\n",
+    )
+    assert load_config(path, environ={}).mappings["orders-from-kafka"].checkpoints is not None

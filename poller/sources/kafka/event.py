@@ -7,11 +7,14 @@ records. This is the poller's hottest loop (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 import pybase64
 
+from poller.connections.aws import ACCOUNT_ID, default_region
 from poller.engine.filters import KAFKA_FILTER_FIELD
 from poller.engine.records import Record, json_copy
 from poller.sources.protocol import OriginalMessage
@@ -74,6 +77,14 @@ def to_records(messages: Sequence[Any], lane: str) -> list[Record]:
     return records
 
 
+def cluster_arn(bootstrap_servers: str, region: str) -> str:
+    """An MSK-style cluster ARN for a self-managed cluster, which has none (SPEC section 5): the
+    first broker's host as the name, a uuid derived from the bootstrap servers, so it is stable."""
+    host = bootstrap_servers.split(",")[0].strip().rpartition(":")[0] or "kafka"
+    name = re.sub(r"[^A-Za-z0-9-]+", "-", host).strip("-")[:64] or "kafka"
+    return f"arn:aws:kafka:{region}:{ACCOUNT_ID}:cluster/{name}/{uuid.uuid5(uuid.NAMESPACE_URL, bootstrap_servers)}"
+
+
 class KafkaEventFormat:
     """AWS's self-managed Kafka event; an item is identified by ``{"partition", "offset"}``."""
 
@@ -82,6 +93,7 @@ class KafkaEventFormat:
 
     def __init__(self, bootstrap_servers: str) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.cluster_arn = cluster_arn(bootstrap_servers, default_region())
 
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
         by_partition: dict[str, list[dict[str, Any]]] = {}
@@ -123,6 +135,9 @@ class KafkaEventFormat:
         if isinstance(offset, str) and offset.isdigit():
             offset = int(offset)
         return (partition, offset) if isinstance(offset, int) else None
+
+    def window_fields(self, partition: str) -> dict[str, Any]:
+        return {"partition": partition, "eventSourceARN": self.cluster_arn}
 
     def trace_parent(self, record: Record) -> str | None:
         headers = record.payload["headers"]

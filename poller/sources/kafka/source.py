@@ -268,6 +268,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             ",".join(sorted(self.source._lane_name(tp) for tp in assigned)) or "nothing",
         )
         await self.source.seek_start(self.consumer, assigned)
+        self.listener.partitions_assigned([self.source._lane_name(tp) for tp in assigned])
 
 
 def _shorten_prefetch_backoff(consumer: AIOKafkaConsumer) -> None:

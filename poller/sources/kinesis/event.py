@@ -94,6 +94,9 @@ class KinesisEventFormat:
     messaging_system = "aws.kinesis"
     filter_field = KINESIS_FILTER_FIELD
 
+    def __init__(self, stream_arn: str = "") -> None:
+        self.stream_arn = stream_arn  # known once the source has described the stream
+
     def event(self, records: Sequence[Record]) -> dict[str, Any]:
         # New containers, so that the handler owns its event (EventFormat.event); dict.copy clones
         # the table, several times faster than {**payload}.
@@ -121,6 +124,9 @@ class KinesisEventFormat:
     def item_key(self, identifier: object) -> Hashable | None:
         # The record's sequenceNumber, a decimal string.
         return identifier if isinstance(identifier, str) and identifier.isdigit() else None
+
+    def window_fields(self, partition: str) -> dict[str, Any]:
+        return {"shardId": partition, "eventSourceARN": self.stream_arn}
 
     def trace_parent(self, record: Record) -> str | None:
         return None  # a Kinesis record has no headers to carry a producer's context

@@ -106,7 +106,7 @@ class KinesisSource:
         self.stream_arn = f"arn:aws:kinesis:{self.region}:{ACCOUNT_ID}:stream/{self.stream}"
         # Unique per process: a restarted process must not pass for the one that held the leases.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.format = KinesisEventFormat()
+        self.format = KinesisEventFormat(self.stream_arn)
         self._limit = min(_MAX_GET_RECORDS, max(1000, 2 * mapping.effective_batch_size))
         self._client: Any = None
         self._stack: AsyncExitStack | None = None
@@ -233,6 +233,8 @@ class KinesisSource:
         self._reading[lease.shard_id] = reading
         for lane in lanes_of_shard(lease.shard_id, self.mapping.parallelization_factor):
             self._shard_of_lane[lane] = lease.shard_id
+        assert self._listener is not None
+        self._listener.partitions_assigned([lease.shard_id])
         reading.task = self._require_tasks().spawn(
             self._read(lease.shard_id, reading), f"read {lease.shard_id}"
         )
@@ -301,9 +303,9 @@ class KinesisSource:
             self._forget_lanes(shard_id)
         if finished:
             log.info("mapping %s: %s was read to its end (SHARD_END)", self.name, shard_id)
-            # Its lanes are idle: let the engine drop them.
+            # Its lanes are idle: let the engine close their windows, if any, and drop them.
             assert self._listener is not None
-            await self._listener.partitions_revoked([shard_id])
+            await self._listener.partitions_ended([shard_id])
 
     def _stop_reading(self, shard_id: str, *, hand_over: bool) -> None:
         """Stop a shard at once (what it buffered is dropped: the next owner reads it again from
@@ -340,7 +342,7 @@ class KinesisSource:
                 f"cannot describe Kinesis stream {self.stream!r}", exc, fatal_codes=frozenset()
             ) from exc
         summary = response["StreamDescriptionSummary"]
-        self.stream_arn = summary["StreamARN"]
+        self.stream_arn = self.format.stream_arn = summary["StreamARN"]
         if summary["StreamStatus"] not in ("ACTIVE", "UPDATING"):
             raise SourceError(f"Kinesis stream {self.stream!r} is {summary['StreamStatus']}")
 

@@ -61,57 +61,13 @@ class DynamoDBLeaseStore:
         try:
             self._client = await stack.enter_async_context(create_client(self.connection, "dynamodb"))
             self._stack = stack
-            await self._ensure_table()
+            await ensure_table(self._client, self.table)
         except BaseException as exc:
             self._stack = self._client = None
             await stack.aclose()
             if isinstance(exc, AWS_ERRORS):  # creating the client (no region, ...)
                 raise source_error(f"lease table {self.table}", exc) from exc
             raise
-
-    async def _ensure_table(self) -> None:
-        try:
-            description = await self._describe()
-            if description is None:
-                log.info("creating the lease table %s", self.table)
-                try:
-                    created = await self._client.create_table(
-                        TableName=self.table,
-                        KeySchema=_KEY_SCHEMA,
-                        AttributeDefinitions=[
-                            {"AttributeName": "leaseGroup", "AttributeType": "S"},
-                            {"AttributeName": "shardId", "AttributeType": "S"},
-                        ],
-                        BillingMode="PAY_PER_REQUEST",
-                    )
-                    description = created["TableDescription"]
-                except ClientError as exc:
-                    if error_code(exc) != "ResourceInUseException":  # another replica was faster
-                        raise
-            deadline = time.monotonic() + _TABLE_ACTIVE_TIMEOUT
-            while description is None or description["TableStatus"] != "ACTIVE":
-                if time.monotonic() > deadline:
-                    raise SourceError(f"lease table {self.table} did not become ACTIVE")
-                await asyncio.sleep(0.5)
-                description = await self._describe()
-        except AWS_ERRORS as exc:
-            raise source_error(f"lease table {self.table}", exc, fatal_codes=frozenset()) from exc
-        if sorted(description["KeySchema"], key=lambda k: k["KeyType"]) != _KEY_SCHEMA:
-            raise SourceError(
-                f"lease table {self.table} exists with another key schema; poller needs leaseGroup "
-                "(hash) and shardId (range): name a table of its own",
-                retriable=False,
-            )
-
-    async def _describe(self) -> dict[str, Any] | None:
-        try:
-            response = await self._client.describe_table(TableName=self.table)
-        except ClientError as exc:
-            if error_code(exc) == "ResourceNotFoundException":
-                return None
-            raise
-        table: dict[str, Any] = response["Table"]
-        return table
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
@@ -230,6 +186,54 @@ class DynamoDBLeaseStore:
         if self._client is None:
             raise SourceError(f"lease table {self.table} used before open()")
         return self._client
+
+
+async def ensure_table(client: Any, table: str) -> None:
+    """Create the lease table if it is missing (another replica may be creating it at the same
+    time) and wait until it is ACTIVE; refuse a table of another key schema. Raises SourceError."""
+    try:
+        description = await _describe(client, table)
+        if description is None:
+            log.info("creating the lease table %s", table)
+            try:
+                created = await client.create_table(
+                    TableName=table,
+                    KeySchema=_KEY_SCHEMA,
+                    AttributeDefinitions=[
+                        {"AttributeName": "leaseGroup", "AttributeType": "S"},
+                        {"AttributeName": "shardId", "AttributeType": "S"},
+                    ],
+                    BillingMode="PAY_PER_REQUEST",
+                )
+                description = created["TableDescription"]
+            except ClientError as exc:
+                if error_code(exc) != "ResourceInUseException":  # another replica was faster
+                    raise
+        deadline = time.monotonic() + _TABLE_ACTIVE_TIMEOUT
+        while description is None or description["TableStatus"] != "ACTIVE":
+            if time.monotonic() > deadline:
+                raise SourceError(f"lease table {table} did not become ACTIVE")
+            await asyncio.sleep(0.5)
+            description = await _describe(client, table)
+    except AWS_ERRORS as exc:
+        raise source_error(f"lease table {table}", exc, fatal_codes=frozenset()) from exc
+    if sorted(description["KeySchema"], key=lambda k: k["KeyType"]) != _KEY_SCHEMA:
+        raise SourceError(
+            f"lease table {table} exists with another key schema; poller needs leaseGroup "
+            "(hash) and shardId (range): name a table of its own",
+            retriable=False,
+        )
+
+
+async def _describe(client: Any, table: str) -> dict[str, Any] | None:
+    try:
+        response = await client.describe_table(TableName=table)
+    except ClientError as exc:
+        if error_code(exc) == "ResourceNotFoundException":
+            return None
+        raise
+    description: dict[str, Any] = response["Table"]
+    return description
 
 
 def _lease(item: dict[str, Any]) -> Lease:

@@ -1,32 +1,22 @@
 """The embedded lease store: a SQLite file on local disk (the default for Kinesis mappings).
 
-One poller process uses a file at a time: it holds an exclusive ``flock`` on ``<path>.lock`` for
-as long as any of its mappings has the file open. A second process that opens the same file gets
-a retriable SourceError and waits, as a standby, until the first exits (the kernel drops the lock
-when a process dies, even by ``kill -9``). Because nobody else can be reading, :meth:`open` frees
-the leases a previous process left behind, and this process takes them at once instead of waiting
-for them to expire. To spread shards over several processes use the ``dynamodb`` store.
-
-SQLite is blocking, so every call runs on a thread of the store's own, one at a time.
+One poller process uses a file at a time (:mod:`poller.connections.sqlite`): a second one waits,
+as a standby, until the first exits. Because nobody else can be reading, :meth:`open` frees the
+leases a previous process left behind, and this process takes them at once instead of waiting for
+them to expire. To spread shards over several processes use the ``dynamodb`` store.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import fcntl
 import json
 import logging
-import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
-from poller.errors import SourceError
+from poller.connections.sqlite import SqliteFile
 from poller.sources.kinesis.leases.lease import Lease
 
 log = logging.getLogger(__name__)
@@ -51,45 +41,6 @@ _COLUMNS = "shard_id, parent_shard_ids, checkpoint, lease_owner, lease_counter, 
 _WHERE = "lease_group = ? AND shard_id = ?"
 
 
-class _FileLock:
-    """An exclusive flock on ``<db>.lock``, shared by every store of this process on that file."""
-
-    _held: ClassVar[dict[str, tuple[int, int]]] = {}  # lock path -> (fd, users)
-    _guard: ClassVar[threading.Lock] = threading.Lock()
-
-    @classmethod
-    def acquire(cls, db_path: Path) -> str:
-        lock_path = str(db_path.resolve()) + ".lock"
-        with cls._guard:
-            fd, users = cls._held.get(lock_path, (-1, 0))
-            if users == 0:
-                try:
-                    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-                except OSError as exc:
-                    raise SourceError(
-                        f"cannot lock checkpoint file {db_path}: {exc}", retriable=False
-                    ) from exc
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    raise SourceError(
-                        f"checkpoint file {db_path} is in use by another poller process; waiting for it "
-                        "to exit (use checkpoints of type dynamodb to share shards between processes)"
-                    ) from None
-            cls._held[lock_path] = (fd, users + 1)
-        return lock_path
-
-    @classmethod
-    def release(cls, lock_path: str) -> None:
-        with cls._guard:
-            fd, users = cls._held.pop(lock_path, (-1, 0))
-            if users > 1:
-                cls._held[lock_path] = (fd, users - 1)
-            elif fd >= 0:
-                os.close(fd)  # closing the descriptor drops the flock
-
-
 class SqliteLeaseStore:
     """Leases of one lease group in a SQLite file (see the module docstring)."""
 
@@ -97,32 +48,13 @@ class SqliteLeaseStore:
         self.path = Path(path)
         self.group = group
         self.lease_duration = lease_duration
-        self._executor: ThreadPoolExecutor | None = None
-        self._connection: sqlite3.Connection | None = None
-        self._lock_path: str | None = None
+        self._file = SqliteFile(path)
 
     async def open(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SourceError(f"cannot create the directory of checkpoint file {self.path}: {exc}") from exc
-        self._lock_path = _FileLock.acquire(self.path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poller-sqlite")
-        try:
-            await self._run(self._open)
-        except BaseException:
-            await self.close()
-            raise
+        await self._file.open(self._setup)
         log.info("kinesis checkpoints of %s in %s", self.group, self.path)
 
-    def _open(self) -> None:
-        connection = sqlite3.connect(self.path, timeout=30.0)
-        self._connection = connection
-        # WAL keeps readers off the writer's back; NORMAL syncs at checkpoints of the WAL, which
-        # survives a crash of this process (a power cut may lose the newest checkpoints, which
-        # only means records are delivered again).
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+    def _setup(self, connection: sqlite3.Connection) -> None:
         with connection:
             connection.execute(_SCHEMA)
             # We hold the file lock, so whoever owned these leases is gone.
@@ -134,16 +66,7 @@ class SqliteLeaseStore:
             )
 
     async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        executor, self._executor = self._executor, None
-        if connection is not None and executor is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.get_running_loop().run_in_executor(executor, connection.close)
-        if executor is not None:
-            executor.shutdown(wait=False)
-        if self._lock_path is not None:
-            _FileLock.release(self._lock_path)
-            self._lock_path = None
+        await self._file.close()
 
     async def list_leases(self) -> list[Lease]:
         def query(connection: sqlite3.Connection) -> list[Lease]:
@@ -254,20 +177,7 @@ class SqliteLeaseStore:
         return await self._call(update)
 
     async def _call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
-            if self._connection is None:
-                raise SourceError(f"checkpoint file {self.path} is not open")
-            return operation(self._connection)
-
-        return await self._run(run)
-
-    async def _run(self, function: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise SourceError(f"checkpoint file {self.path} is not open")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function)
-        except sqlite3.Error as exc:
-            raise SourceError(f"checkpoint file {self.path}: {exc}") from exc
+        return await self._file.call(operation)
 
 
 def _lease(row: tuple[Any, ...]) -> Lease:
