@@ -9,7 +9,7 @@ Loading a file (environment interpolation, duplicate keys, line numbers in error
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -75,6 +75,7 @@ class AwsConnection(_Model):
 
 
 Connection = Annotated[KafkaConnection | RabbitMQConnection | AwsConnection, Field(discriminator="type")]
+ConnectionT = TypeVar("ConnectionT", KafkaConnection, RabbitMQConnection, AwsConnection)
 
 
 # --- functions -----------------------------------------------------------------------------------
@@ -387,6 +388,12 @@ class Config(_Model):
     destinations: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Destination] = Field(default_factory=dict)
     mappings: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Mapping] = Field(default_factory=dict)
     admin: Admin = Admin()
+
+    def connection(self, name: str, kind: type[ConnectionT]) -> ConnectionT:
+        """The connection ``name``, which :meth:`reference_errors` checked is of this ``kind``."""
+        connection = self.connections[name]
+        assert isinstance(connection, kind), f"connection {name} is not a {kind.__name__}"
+        return connection
 
     def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Names that point nowhere or at the wrong kind of thing, as (key path, message) pairs."""

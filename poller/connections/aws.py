@@ -11,8 +11,9 @@ everywhere; refused credentials (and what a caller names, such as a missing queu
 
 from __future__ import annotations
 
+import logging
 import os
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -39,6 +40,8 @@ REFUSED_CODES = frozenset(
         "SignatureDoesNotMatch",
     }
 )
+
+log = logging.getLogger(__name__)
 
 # The account of every ARN poller makes up for what has no AWS identity (SPEC section 5).
 ACCOUNT_ID = "000000000000"
@@ -116,3 +119,14 @@ def create_client(
 
 def _unchanged(value: Any) -> Any:
     return value
+
+
+async def close_quietly(stack: AsyncExitStack | None, what: str) -> None:
+    """Close the clients a stack holds (their connection pools). Never raises: a client that
+    cannot close cleanly is gone anyway."""
+    if stack is None:
+        return
+    try:
+        await stack.aclose()
+    except Exception as exc:
+        log.debug("error while closing %s: %s", what, exc)

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from poller.config import AwsConnection
-from poller.connections.aws import create_client
+from poller.connections.aws import close_quietly, create_client
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,7 @@ class LazyClient:
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
-        if stack is not None:
-            try:
-                await stack.aclose()
-            except Exception as exc:
-                log.debug("error while closing an %s client: %s", self.service, exc)
+        await close_quietly(stack, f"an {self.service} client")
 
 
 def encode(document: dict[str, Any]) -> bytes:

@@ -34,8 +34,7 @@ MAX_ERROR_HEADER = 1024
 class KafkaDestination:
     def __init__(self, name: str, settings: Any, config: Config) -> None:
         assert isinstance(settings, KafkaDestinationConfig)
-        connection = config.connections[settings.connection]
-        assert isinstance(connection, KafkaConnection)
+        connection = config.connection(settings.connection, KafkaConnection)
         self.name = name
         self.topic = settings.topic
         self._options = client_options(connection)

@@ -42,8 +42,7 @@ class RabbitMQDestination:
 
     def __init__(self, name: str, settings: Any, config: Config) -> None:
         assert isinstance(settings, RabbitMQDestinationConfig)
-        connection = config.connections[settings.connection]
-        assert isinstance(connection, RabbitMQConnection)
+        connection = config.connection(settings.connection, RabbitMQConnection)
         self.name = name
         self.url = connection.url
         self.exchange = settings.exchange

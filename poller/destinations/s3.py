@@ -74,8 +74,7 @@ class S3Destination:
 
     def __init__(self, name: str, settings: Any, config: Config) -> None:
         assert isinstance(settings, S3DestinationConfig)
-        connection = config.connections[settings.connection]
-        assert isinstance(connection, AwsConnection)
+        connection = config.connection(settings.connection, AwsConnection)
         self.name = name
         self.writer = S3Writer(connection, settings.bucket, settings.prefix)
 

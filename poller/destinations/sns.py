@@ -29,8 +29,7 @@ class SnsDestination:
 
     def __init__(self, name: str, settings: Any, config: Config) -> None:
         assert isinstance(settings, SnsDestinationConfig)
-        connection = config.connections[settings.connection]
-        assert isinstance(connection, AwsConnection)
+        connection = config.connection(settings.connection, AwsConnection)
         self.name = name
         self.topic_arn = settings.topic_arn
         self._client = LazyClient(connection, "sns")

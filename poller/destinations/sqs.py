@@ -29,8 +29,7 @@ class SqsDestination:
 
     def __init__(self, name: str, settings: Any, config: Config) -> None:
         assert isinstance(settings, SqsDestinationConfig)
-        connection = config.connections[settings.connection]
-        assert isinstance(connection, AwsConnection)
+        connection = config.connection(settings.connection, AwsConnection)
         self.name = name
         self.queue = settings.queue
         self._client = LazyClient(connection, "sqs")

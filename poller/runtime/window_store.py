@@ -10,7 +10,6 @@ compressed and, if it must be, split over several items.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import time
@@ -21,7 +20,7 @@ from typing import Any, Protocol
 import orjson
 
 from poller.config import AwsConnection, Config, DynamoDBCheckpoints, SqliteCheckpoints
-from poller.connections.aws import AWS_ERRORS, create_client, source_error
+from poller.connections.aws import AWS_ERRORS, close_quietly, create_client, source_error
 from poller.connections.sqlite import SqliteFile
 from poller.engine.windows import OpenWindow, Window
 from poller.errors import SourceError
@@ -58,9 +57,7 @@ def build_window_store(
     """The store a mapping's ``checkpoints`` setting names, for its windows under ``group``."""
     if isinstance(settings, SqliteCheckpoints):
         return SqliteWindowStore(settings.path, group)
-    connection = config.connections[settings.connection]
-    assert isinstance(connection, AwsConnection)  # checked by Config.reference_errors
-    return DynamoDBWindowStore(connection, settings.table, group)
+    return DynamoDBWindowStore(config.connection(settings.connection, AwsConnection), settings.table, group)
 
 
 def _encode(window: OpenWindow) -> dict[str, Any]:
@@ -177,9 +174,7 @@ class DynamoDBWindowStore:
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
-        if stack is not None:
-            with contextlib.suppress(Exception):
-                await stack.aclose()
+        await close_quietly(stack, "the DynamoDB client")
 
     async def load(self, partition: str) -> OpenWindow | None:
         item = (await self._request("get_item", Key=self._key(partition), ConsistentRead=True)).get("Item")

@@ -16,15 +16,9 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 
-
-class PoisonError(ValueError):
-    pass
-
-
 CALLS: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
 # Per-stream switches set by tests.
 DELAY: dict[str, float] = {}
-FAIL_ONCE: dict[str, set[str]] = {}  # sequence numbers to report as failed the first time
 # Batches of one shard running at once, now and at most (parallelization_factor).
 IN_FLIGHT: dict[tuple[str, str], int] = defaultdict(int)
 MAX_IN_FLIGHT: dict[tuple[str, str], int] = defaultdict(int)
@@ -51,16 +45,9 @@ def _remember(event: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     return stream, records
 
 
-def _fail_on_poison(records: list[dict[str, Any]]) -> None:
-    for record in records:
-        if b"poison" in data_of(record):
-            raise PoisonError(f"poison at {record['kinesis']['sequenceNumber']}")
-
-
 def collect(event: dict[str, Any], context: Any) -> None:
-    """Record the batch; fail it if any record's data contains b"poison"."""
-    _, records = _remember(event)
-    _fail_on_poison(records)
+    """Record the batch."""
+    _remember(event)
 
 
 async def slow(event: dict[str, Any], context: Any) -> None:
@@ -74,15 +61,6 @@ async def slow(event: dict[str, Any], context: Any) -> None:
         await asyncio.sleep(DELAY.get(stream, 0.0))
     finally:
         IN_FLIGHT[key] -= 1
-
-
-def partial_once(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Report the records named in FAIL_ONCE[stream] as failed, each only the first time."""
-    stream, records = _remember(event)
-    pending = FAIL_ONCE.get(stream, set())
-    failed = [r["kinesis"]["sequenceNumber"] for r in records if r["kinesis"]["sequenceNumber"] in pending]
-    pending.difference_update(failed)
-    return {"batchItemFailures": [{"itemIdentifier": sequence} for sequence in failed]}
 
 
 # --- AWS Lambda Powertools, used exactly as in a Lambda function -------------------------------

@@ -119,6 +119,11 @@ async def retry_depth(url: str, queue: str) -> int:
     return total
 
 
+def ascii_bytes(text: str) -> dict[str, list[int]]:
+    """A text header value as the RabbitMQ event shows it (AWS's events write AMQP long strings so)."""
+    return {"bytes": list(text.encode())}
+
+
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:
     """Run ``rabbitmqctl -n $RABBITMQ_NODENAME ARGS``; fail the test if it does not succeed."""
     try:

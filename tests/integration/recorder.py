@@ -17,7 +17,6 @@ from aws_lambda_powertools.utilities.data_classes import KafkaEvent
 CALLS: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
 _lock = threading.Lock()
 # Per-topic behaviour switches set by tests.
-FAIL_ONCE_AT: dict[str, int] = {}
 SLOW_PARTITION: dict[str, tuple[int, float]] = {}
 BATCH_DELAY: dict[str, float] = {}
 
@@ -48,26 +47,9 @@ def collect(event: dict[str, Any], context: Any) -> None:
             raise ValueError(f"poison at offset {record['offset']}")
 
 
-async def collect_async(event: dict[str, Any], context: Any) -> None:
-    collect(event, context)
-
-
 def always_fail(event: dict[str, Any], context: Any) -> None:
     _remember(event)
     raise RuntimeError("always failing")
-
-
-def partial_once(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Report the record at FAIL_ONCE_AT[topic] as failed the first time it is seen."""
-    records = _remember(event)
-    topic = records[0]["topic"]
-    target = FAIL_ONCE_AT.get(topic)
-    for record in records:
-        if record["offset"] == target:
-            del FAIL_ONCE_AT[topic]
-            partition = f"{topic}-{record['partition']}"
-            return {"batchItemFailures": [{"itemIdentifier": {"partition": partition, "offset": target}}]}
-    return {"batchItemFailures": []}
 
 
 def slow_partition(event: dict[str, Any], context: Any) -> None:
@@ -82,15 +64,6 @@ async def slow_every_batch(event: dict[str, Any], context: Any) -> None:
     """Record the batch, then take BATCH_DELAY[topic] seconds (without blocking the loop)."""
     records = _remember(event)
     await asyncio.sleep(BATCH_DELAY.get(records[0]["topic"], 0.0))
-
-
-def sleep_in_handler(event: dict[str, Any], context: Any) -> None:
-    """Record the batch after sleeping HANDLER_SLEEP seconds (subprocess tests)."""
-    path = os.environ.get("RECORDER_FILE", "")
-    with open(path + ".started", "a") as file:
-        file.write("started\n")
-    time.sleep(float(os.environ.get("HANDLER_SLEEP", "0")))
-    _remember(event)
 
 
 def powertools(event: dict[str, Any], context: Any) -> None:

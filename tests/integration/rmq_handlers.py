@@ -1,11 +1,10 @@
 """Handlers for the RabbitMQ integration tests. They record what they saw keyed by queue (each test
-uses its own queues). Subprocess tests set RECORDER_FILE to get the handled bodies as lines."""
+uses its own queues)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import threading
 import time
 from collections import defaultdict
@@ -114,18 +113,3 @@ def powertools(event: dict[str, Any], context: Any) -> None:
                     "json_data": message.json_data,
                 }
             )
-
-
-def to_file(event: dict[str, Any], context: Any) -> None:
-    """Subprocess tests: note the start of the batch in RECORDER_FILE.started, sleep HANDLER_SLEEP
-    seconds, then append each body to RECORDER_FILE (fsynced)."""
-    path = os.environ["RECORDER_FILE"]
-    with open(path + ".started", "a") as file:
-        file.write("started\n")
-    time.sleep(float(os.environ.get("HANDLER_SLEEP", "0")))
-    messages = [m for batch in event["rmqMessagesByQueue"].values() for m in batch]
-    with open(path, "a") as file:
-        for message in messages:
-            file.write(body(message).decode() + "\n")
-        file.flush()
-        os.fsync(file.fileno())

@@ -1,12 +1,9 @@
 """Handlers for the SQS integration tests. They record what they saw keyed by queue name (taken from
-``eventSourceARN``), so each test reads only its own calls. Subprocess tests set RECORDER_FILE to get
-the handled message ids as JSON lines."""
+``eventSourceARN``), so each test reads only its own calls."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import threading
 import time
 from collections import defaultdict
@@ -26,7 +23,6 @@ MOST_RUNNING: dict[str, int] = defaultdict(int)
 # Behaviour switches set by tests, per queue.
 DELAY: dict[str, float] = {}
 FAIL_BELOW_RECEIVE: dict[str, dict[str, int]] = {}  # body -> fail while ApproximateReceiveCount < this
-FAIL_UNTIL_RECEIVE: dict[str, int] = {}  # report "fail*" bodies while ApproximateReceiveCount < this
 
 
 def queue_of(event: dict[str, Any]) -> str:
@@ -63,21 +59,6 @@ async def collect(event: dict[str, Any], context: Any) -> None:
 def always_fail(event: dict[str, Any], context: Any) -> None:
     _remember(event)
     raise RuntimeError("always failing")
-
-
-def partial(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Report the "fail*" messages as failed until their ApproximateReceiveCount reaches
-    FAIL_UNTIL_RECEIVE[queue]."""
-    queue, records = _remember(event)
-    until = FAIL_UNTIL_RECEIVE.get(queue, 0)
-    failures = [
-        {"itemIdentifier": record["messageId"]}
-        for record in records
-        if record["body"].startswith("fail") and int(record["attributes"]["ApproximateReceiveCount"]) < until
-    ]
-    reported = {failure["itemIdentifier"] for failure in failures}
-    _succeeded(queue, [record for record in records if record["messageId"] not in reported])
-    return {"batchItemFailures": failures}
 
 
 def slow(event: dict[str, Any], context: Any) -> None:
@@ -122,19 +103,3 @@ def powertools(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(
         event=event, record_handler=_powertools_record, processor=_processor, context=context
     )
-
-
-def sleep_and_record(event: dict[str, Any], context: Any) -> None:
-    """Subprocess tests: note the start, sleep HANDLER_SLEEP seconds, then append the handled bodies
-    (fsynced) to RECORDER_FILE and note the end."""
-    path = os.environ["RECORDER_FILE"]
-    with open(path + ".started", "a") as file:
-        file.write("started\n")
-    time.sleep(float(os.environ.get("HANDLER_SLEEP", "0")))
-    with open(path, "a") as file:
-        for record in event["Records"]:
-            file.write(json.dumps(record["body"]) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    with open(path + ".finished", "a") as file:
-        file.write("finished\n")

@@ -1,4 +1,8 @@
-"""The Kafka event source mapping against a real Kafka broker, in process (SPEC sections 5-7)."""
+"""The Kafka event source mapping against a real Kafka broker, in process (SPEC sections 5-7).
+
+The guarantees every source shares (order, bisect and dead letters, partial batch responses, a
+destination outage) are tested once for all four in ``test_guarantees.py``; these are Kafka's own.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,6 @@ from support import (
     KAFKA_TEST_GROUP_SETTINGS,
     FakeClock,
     committed_offsets,
-    consume_all,
     create_topic,
     mapping_config,
     produce,
@@ -48,12 +51,6 @@ def make_config(
     **mapping: Any,
 ) -> Config:
     connections: dict[str, Any] = {"kafka": {"type": "kafka", "bootstrap_servers": bootstrap}}
-    if destination is not None and "bootstrap_servers" in destination:
-        connections["dlq-kafka"] = {
-            "type": "kafka",
-            "bootstrap_servers": destination.pop("bootstrap_servers"),
-        }
-        destination["connection"] = "dlq-kafka"
     source = {
         "type": "kafka",
         "connection": "kafka",
@@ -78,131 +75,8 @@ async def committed(bootstrap: str, config: Config, topic: str, partitions: int)
     return await committed_offsets(bootstrap, group_of(config), topic, list(range(partitions)))
 
 
-async def test_ten_thousand_records_once_in_order_and_committed(kafka_bootstrap: str) -> None:
-    topic = unique_name("orders")
-    await create_topic(kafka_bootstrap, topic, 4)
-    produced = [(i % 4, f"k{i}", json.dumps({"i": i}), None) for i in range(10_000)]
-    await produce(kafka_bootstrap, topic, produced)
-    config = make_config(kafka_bootstrap, topic, "recorder:collect_async")
-    async with running(config) as app:
-        await wait_for(lambda: len(handled(topic)) >= 10_000, timeout=120, message="10,000 records handled")
-        await wait_for(
-            lambda: _committed_is(kafka_bootstrap, config, topic, {p: 2500 for p in range(4)}),
-            message="offsets committed",
-        )
-        assert app.runners["m"].status.counts.dead_lettered == 0
-    seen = handled(topic)
-    assert len(seen) == 10_000, "each record exactly once on the happy path"
-    for partition in range(4):
-        offsets = [offset for p, offset in seen if p == partition]
-        assert offsets == list(range(2500)), f"partition {partition} in order"
-    assert max(len(call) for call in recorder.CALLS[topic]) <= 100  # batch_size default
-
-
 async def _committed_is(bootstrap: str, config: Config, topic: str, expected: dict[int, int]) -> bool:
     return await committed(bootstrap, config, topic, len(expected)) == expected
-
-
-async def test_poison_record_is_isolated_by_bisect_and_dead_lettered(kafka_bootstrap: str) -> None:
-    topic, dlq = unique_name("orders"), unique_name("orders-dlq")
-    await create_topic(kafka_bootstrap, topic, 1)
-    await create_topic(kafka_bootstrap, dlq, 1)
-    poison = 37
-    headers = [
-        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-        ("bin", b"\xff\x00\x80"),
-    ]
-    await produce(
-        kafka_bootstrap,
-        topic,
-        [(0, f"key-{i}", b"poison!" if i == poison else f"ok-{i}".encode(), headers) for i in range(100)],
-    )
-    config = make_config(
-        kafka_bootstrap,
-        topic,
-        "recorder:collect",
-        destination={"type": "kafka", "connection": "kafka", "topic": dlq},
-        bisect_batch_on_function_error=True,
-        maximum_retry_attempts=2,
-        maximum_batching_window_in_seconds=2,
-    )
-    async with running(config, FakeClock()) as app:
-        await wait_for(
-            lambda: _committed_is(kafka_bootstrap, config, topic, {0: 100}),
-            timeout=60,
-            message="committed past the poison record",
-        )
-        stats = app.runners["m"].status.counts
-    messages = await consume_all(kafka_bootstrap, dlq, 1, timeout=30)
-    assert len(messages) == 1
-    message = messages[0]
-    assert message.key == f"key-{poison}".encode()
-    assert [(k, v) for k, v in message.headers if not k.startswith("x-poller-")] == headers
-    extra = dict((k, v) for k, v in message.headers if k.startswith("x-poller-"))
-    assert extra["x-poller-topic"] == topic.encode()
-    assert extra["x-poller-offset"] == str(poison).encode()
-    assert extra["x-poller-error-type"] == b"ValueError"
-    failure = json.loads(message.value)
-    assert failure["version"] == "1.0"
-    assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
-    assert failure["requestContext"]["functionArn"].endswith(":function:fn")
-    assert failure["responseContext"] == {
-        "statusCode": 200,
-        "executedVersion": "$LATEST",
-        "functionError": "Unhandled",
-    }
-    assert failure["errorInfo"]["errorType"] == "ValueError"
-    assert "poison at offset 37" in failure["errorInfo"]["errorMessage"]
-    assert failure["errorInfo"]["stackTrace"]
-    assert failure["mapping"] == "m"
-    assert failure["source"] == {
-        "type": "kafka",
-        "topic": topic,
-        "partition": 0,
-        "startOffset": poison,
-        "endOffset": poison,
-        "batchSize": 1,
-    }
-    assert len(failure["traceId"]) == 32
-    assert failure["timestamp"].endswith("Z")
-    [record] = failure["records"]
-    assert record["offset"] == poison
-    assert base64.b64decode(record["value"]) == b"poison!"
-    assert base64.b64decode(record["key"]) == f"key-{poison}".encode()
-    assert record["headers"][1] == {"bin": [-1, 0, -128]}
-    # Every other record was handled successfully, and the poison record was retried twice alone.
-    succeeded = {
-        r["offset"]
-        for call in recorder.CALLS[topic]
-        if not any(r["offset"] == poison for r in call)
-        for r in call
-    }
-    assert [r["offset"] for r in failure["records"]] == [poison]
-    assert succeeded == set(range(100)) - {poison}
-    assert failure["requestContext"]["approximateInvokeCount"] == stats.bisections + 1 + 2
-    # Logarithmic, not linear: ~2 log2(100) invocations plus the two retries of the poison record.
-    assert stats.invocations <= 2 * 7 + 1 + 2
-    assert stats.dead_lettered == 1
-
-
-async def test_partial_batch_response_retries_from_lowest_failed_offset(kafka_bootstrap: str) -> None:
-    topic = unique_name("partial")
-    await create_topic(kafka_bootstrap, topic, 1)
-    await produce(kafka_bootstrap, topic, [(0, None, f"v{i}", None) for i in range(20)])
-    recorder.FAIL_ONCE_AT[topic] = 7
-    config = make_config(
-        kafka_bootstrap,
-        topic,
-        "recorder:partial_once",
-        function_response_types=["ReportBatchItemFailures"],
-        maximum_batching_window_in_seconds=2,
-    )
-    async with running(config, FakeClock()):
-        await wait_for(lambda: _committed_is(kafka_bootstrap, config, topic, {0: 20}), timeout=60)
-    first, second = recorder.CALLS[topic][:2]
-    assert [r["offset"] for r in first] == list(range(20))
-    assert [r["offset"] for r in second] == list(range(7, 20)), "retried from the lowest failed offset"
-    assert len(recorder.CALLS[topic]) == 2
 
 
 async def test_record_age_ends_retries_with_record_age_exceeded(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -228,45 +102,6 @@ async def test_record_age_ends_retries_with_record_age_exceeded(kafka_bootstrap:
     # Backoff 1, 2, 4, ... 32 s: the record passed 60 s of age after about six retries.
     assert 5 <= attempts <= 8
     assert 60 <= clock.slept <= 130
-
-
-async def test_destination_down_holds_the_offset_until_it_confirms(
-    kafka_bootstrap: str, tmp_path: Path
-) -> None:
-    topic = unique_name("dl-outage")
-    await create_topic(kafka_bootstrap, topic, 1)
-    await produce(
-        kafka_bootstrap, topic, [(0, None, "poison" if i == 3 else f"ok{i}", None) for i in range(10)]
-    )
-    dlq_port = free_port()
-    dlq_topic = unique_name("dlq")
-    config = make_config(
-        kafka_bootstrap,
-        topic,
-        "recorder:collect",
-        destination={"type": "kafka", "bootstrap_servers": f"127.0.0.1:{dlq_port}", "topic": dlq_topic},
-        bisect_batch_on_function_error=True,
-        maximum_retry_attempts=0,
-        maximum_batching_window_in_seconds=2,
-    )
-    async with running(config, FakeClock()):
-        # Records before the poison record commit; nothing passes it while the destination is down.
-        await wait_for(lambda: _committed_is(kafka_bootstrap, config, topic, {0: 3}), timeout=60)
-        await wait_for(lambda: len(handled(topic)) >= 10 and recorder.CALLS[topic], timeout=30)
-        for _ in range(5):
-            assert await committed(kafka_bootstrap, config, topic, 1) == {0: 3}
-            await asyncio.sleep(0.2)
-        dlq_broker = start_kafka(dlq_port, tmp_path)
-        try:
-            # No topic is created: the stand-in creates it on the producer's first metadata request.
-            await wait_for(
-                lambda: _committed_is(kafka_bootstrap, config, topic, {0: 10}), timeout=60, message="resumed"
-            )
-            messages = await consume_all(f"127.0.0.1:{dlq_port}", dlq_topic, 1, timeout=30)
-        finally:
-            if dlq_broker is not None:
-                dlq_broker.stop()
-    assert [json.loads(m.value)["records"][0]["offset"] for m in messages] == [3]
 
 
 async def test_sync_sleeping_handler_does_not_stall_other_partitions(kafka_bootstrap: str) -> None:

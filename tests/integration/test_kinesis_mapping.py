@@ -1,6 +1,8 @@
 """The Kinesis event source mapping against kinesalite, in process (SPEC sections 5-7).
 
 Checkpoints go to a SQLite file in the test's directory, or to a DynamoDB lease table on moto.
+The guarantees every source shares (order per shard, bisect and dead letters, partial batch
+responses, a destination outage) are tested once for all four in ``test_guarantees.py``.
 """
 
 from __future__ import annotations
@@ -66,9 +68,8 @@ def sqlite_store(tmp_path: Path) -> dict[str, Any]:
     return {"type": "sqlite", "path": str(tmp_path / "cp.db")}
 
 
-@pytest.mark.parametrize("factor", [1, 4])
-async def test_ten_thousand_records_over_four_shards_in_order(
-    kinesis_endpoint: str, tmp_path: Path, factor: int
+async def test_parallelization_factor_runs_batches_of_a_shard_at_once_in_order_per_key(
+    kinesis_endpoint: str, tmp_path: Path
 ) -> None:
     stream = unique_name("clicks")
     await create_stream(kinesis_endpoint, stream, 4)
@@ -82,7 +83,7 @@ async def test_ten_thousand_records_over_four_shards_in_order(
         stream,
         "kinesis_recorder:slow",
         checkpoints=sqlite_store(tmp_path),
-        parallelization_factor=factor,
+        parallelization_factor=4,
     )
     started = time.monotonic()
     async with running(config) as app:
@@ -95,7 +96,7 @@ async def test_ten_thousand_records_over_four_shards_in_order(
         stats = app.runners["m"].status.counts
         assert stats.failed == stats.dead_lettered == 0
         assert set(source_of(app).iterator_age()) == set(last), "MillisBehindLatest of every shard"
-    print(f"factor {factor}: 10,000 records in {elapsed:.2f} s")
+    print(f"factor 4: 10,000 records in {elapsed:.2f} s")
     seen = handled(stream)
     assert len(seen) == 10_000, "each record exactly once on the happy path"
     by_shard: dict[str, list[int]] = defaultdict(list)
@@ -105,104 +106,14 @@ async def test_ten_thousand_records_over_four_shards_in_order(
     assert len(by_shard) == 4
     for shard, expected in by_shard.items():
         got = sequences([r for r in seen if recorder.shard_of(r) == shard])
-        if factor == 1:
-            assert got == expected, f"{shard} in order"
-        else:
-            assert sorted(got) == expected, f"{shard}: every record once"
-    # In order per partition key (for factor 1 this also follows from the order per shard).
+        assert sorted(got) == expected, f"{shard}: every record once"
     for key in set(keys):
         per_key = sequences([r for r in seen if r["kinesis"]["partitionKey"] == key])
         assert per_key == sorted(per_key), f"{key} in order"
     assert max(len(call) for call in recorder.CALLS[stream]) <= 100  # batch_size default
     assert all(len({recorder.shard_of(r) for r in call}) == 1 for call in recorder.CALLS[stream])
     concurrency = max(recorder.MAX_IN_FLIGHT[(stream, shard)] for shard in by_shard)
-    if factor == 1:
-        assert concurrency == 1, "one batch in flight per shard"
-    else:
-        assert 1 < concurrency <= factor, "several batches of a shard at once, at most the factor"
-
-
-async def test_poison_record_is_isolated_by_bisect_and_the_shard_continues(
-    kinesis_endpoint: str, tmp_path: Path
-) -> None:
-    stream = unique_name("poison")
-    await create_stream(kinesis_endpoint, stream, 1)
-    poison = 37
-    written = await put(
-        kinesis_endpoint,
-        stream,
-        [(f"key-{i}", b"poison!" if i == poison else f'{{"ok": {i}}}'.encode()) for i in range(100)],
-    )
-    dead_letters = tmp_path / "failed.jsonl"
-    config = make_config(
-        aws_connection(kinesis_endpoint),
-        stream,
-        "kinesis_recorder:collect",
-        checkpoints=sqlite_store(tmp_path),
-        destination={"type": "file", "path": str(dead_letters)},
-        bisect_batch_on_function_error=True,
-        maximum_retry_attempts=2,
-    )
-    shard, last = written[-1]
-    async with running(config, FakeClock()) as app:
-        await wait_for(
-            lambda: checkpoints(tmp_path, stream) == {shard: last}, timeout=60, message="checkpoint past it"
-        )
-        stats = app.runners["m"].status.counts
-    [failure] = [json.loads(line) for line in dead_letters.read_text().splitlines()]
-    [record] = failure["records"]
-    assert recorder.data_of(record) == b"poison!"
-    assert record["kinesis"]["sequenceNumber"] == written[poison][1]
-    assert record["kinesis"]["partitionKey"] == f"key-{poison}"
-    assert record["eventID"] == f"{shard}:{written[poison][1]}"
-    info = failure["source"]
-    assert info == {
-        "type": "kinesis",
-        "shardId": shard,
-        "startSequenceNumber": written[poison][1],
-        "endSequenceNumber": written[poison][1],
-        "approximateArrivalOfFirstRecord": info["approximateArrivalOfFirstRecord"],
-        "approximateArrivalOfLastRecord": info["approximateArrivalOfFirstRecord"],
-        "batchSize": 1,
-        "streamArn": f"arn:aws:kinesis:us-east-1:000000000000:stream/{stream}",
-    }
-    assert info["approximateArrivalOfFirstRecord"].endswith("Z")
-    assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
-    assert failure["errorInfo"]["errorType"] == "PoisonError"
-    assert failure["requestContext"]["approximateInvokeCount"] == stats.bisections + 1 + 2
-    succeeded = {
-        r["kinesis"]["sequenceNumber"]
-        for call in recorder.CALLS[stream]
-        if not any(recorder.data_of(r) == b"poison!" for r in call)
-        for r in call
-    }
-    assert succeeded == {sequence for i, (_, sequence) in enumerate(written) if i != poison}
-    assert stats.invocations <= 2 * 7 + 1 + 2, "logarithmic, not linear"
-    assert stats.dead_lettered == 1
-
-
-async def test_partial_batch_response_checkpoints_before_the_lowest_failure(
-    kinesis_endpoint: str, tmp_path: Path
-) -> None:
-    stream = unique_name("partial")
-    await create_stream(kinesis_endpoint, stream, 1)
-    written = await put(kinesis_endpoint, stream, [("k", f"v{i}".encode()) for i in range(20)])
-    recorder.FAIL_ONCE[stream] = {written[12][1], written[7][1]}
-    config = make_config(
-        aws_connection(kinesis_endpoint),
-        stream,
-        "kinesis_recorder:partial_once",
-        checkpoints=sqlite_store(tmp_path),
-        function_response_types=["ReportBatchItemFailures"],
-    )
-    shard, last = written[-1]
-    async with running(config, FakeClock()):
-        await wait_for(lambda: checkpoints(tmp_path, stream) == {shard: last}, timeout=60)
-    # Records 12 and 7 were reported: the checkpoint stopped just before 7, the lowest, and the
-    # retry started there (records after it are processed again, as on AWS).
-    first, second = recorder.CALLS[stream]
-    assert [r["kinesis"]["sequenceNumber"] for r in first] == [s for _, s in written]
-    assert [r["kinesis"]["sequenceNumber"] for r in second] == [s for _, s in written[7:]]
+    assert 1 < concurrency <= 4, "several batches of a shard at once, at most the factor"
 
 
 async def test_shard_split_during_consumption_reads_the_parent_before_its_children(

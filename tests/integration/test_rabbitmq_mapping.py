@@ -1,5 +1,8 @@
 """The RabbitMQ event source mapping against a real RabbitMQ, in process (SPEC sections 5-7).
 
+The guarantees every source shares (bisect and dead letters with the message's properties, partial
+batch responses, an unroutable destination) are tested once for all four in ``test_guarantees.py``.
+
 Two tests change the local node through ``rabbitmqctl`` (a lowered consumer timeout; stop_app and
 start_app) and restore it afterwards; they need the broker of ``amqp_url`` to be that local node.
 """
@@ -7,7 +10,6 @@ start_app) and restore it afterwards; they need the broker of ``amqp_url`` to be
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import re
@@ -21,6 +23,7 @@ import pytest
 import rmq_handlers
 from pamqp.commands import Basic
 from rabbitmq_support import (
+    ascii_bytes,
     channel_of,
     declare,
     delete,
@@ -34,7 +37,6 @@ from rabbitmq_support import (
 )
 from rmq_handlers import CALLS, body
 from support import FakeClock, mapping_config, running, unique_name, wait_for
-from yarl import URL
 
 from poller.app import App
 from poller.config import Config
@@ -128,138 +130,11 @@ async def test_ten_thousand_messages_handled_in_concurrent_batches_and_acked(
     assert 2 <= rmq_handlers.CONCURRENCY[key(queue)][1] <= 4, "several batches at once, at most 4"
 
 
-POISON_HEADERS: dict[str, Any] = {
-    "source": "web",
-    "count": 7,
-    "ratio": 0.25,
-    "flag": True,
-    "nested": {"k": "x"},
-    "list": [1, "a"],
-    "when": datetime(2024, 6, 10, 6, 13, 20, tzinfo=UTC),
-    "raw": bytearray(b"\xff\x00"),
-    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-}
-
-
-def ascii_bytes(text: str) -> dict[str, list[int]]:
-    return {"bytes": list(text.encode())}
-
-
-async def test_poison_message_isolated_by_bisect_and_dead_lettered_with_its_properties(
+async def test_filled_in_message_ids_survive_a_partial_batch_retry_on_classic_and_quorum_queues(
     amqp_url: str, new_queue: NewQueue
 ) -> None:
-    queue, dlq = await new_queue("orders"), await new_queue("orders-dlq")
-    user = URL(amqp_url).user or "guest"  # the broker checks user_id against the connection's user
-    poison = aio_pika.Message(
-        b"poison!",
-        headers=POISON_HEADERS,
-        content_type="application/json",
-        content_encoding="identity",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=5,
-        correlation_id="corr-37",
-        reply_to="replies",
-        expiration=600,
-        message_id="msg-37",
-        timestamp=datetime(2024, 6, 10, 6, 13, 20, tzinfo=UTC),
-        type="order.created",
-        user_id=user,
-        app_id="checkout",
-    )
-    messages = [
-        poison if i == 37 else aio_pika.Message(b'{"i": %d}' % i, message_id=f"msg-{i}") for i in range(100)
-    ]
-    await publish(amqp_url, queue, messages)
-    config = make_config(
-        amqp_url,
-        [queue],
-        "rmq_handlers:poison",
-        dlq=dlq,
-        bisect_batch_on_function_error=True,
-        maximum_retry_attempts=2,
-        maximum_batching_window_in_seconds=1,
-    )
-    async with running(config, FakeClock()) as app:
-        await wait_for(lambda: depth(amqp_url, dlq), timeout=60, message="the poison message dead-lettered")
-        await wait_for(lambda: source_of(app).unacked == 0, timeout=10, message="everything acked")
-        stats = app.runners["m"].status.counts
-    assert await depth(amqp_url, queue) == 0
-    assert await retry_depth(amqp_url, queue) == 0
-
-    expected_properties = {
-        "contentType": "application/json",
-        "contentEncoding": "identity",
-        "headers": {
-            "source": ascii_bytes("web"),
-            "count": 7,
-            "ratio": 0.25,
-            "flag": True,
-            "nested": {"k": ascii_bytes("x")},
-            "list": [1, ascii_bytes("a")],
-            "when": "Jun 10, 2024, 6:13:20 AM",
-            "raw": [-1, 0],
-            "traceparent": ascii_bytes(POISON_HEADERS["traceparent"]),
-        },
-        "deliveryMode": 2,
-        "priority": 5,
-        "correlationId": "corr-37",
-        "replyTo": "replies",
-        "expiration": "600000",
-        "messageId": "msg-37",
-        "timestamp": "Jun 10, 2024, 6:13:20 AM",
-        "type": "order.created",
-        "userId": user,
-        "appId": "checkout",
-        "clusterId": None,
-        "bodySize": 7,
-    }
-    [dead] = await take(amqp_url, dlq)
-    failure = json.loads(dead.body)
-    [record] = failure["records"]
-    assert record == {
-        "basicProperties": expected_properties,
-        "redelivered": True,
-        "data": base64.b64encode(b"poison!").decode(),
-    }
-    assert failure["version"] == "1.0"
-    assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
-    assert failure["requestContext"]["functionArn"].endswith(":function:fn")
-    assert failure["responseContext"]["functionError"] == "Unhandled"
-    assert failure["errorInfo"]["errorType"] == "ValueError"
-    assert failure["errorInfo"]["errorMessage"] == "poison message msg-37"
-    assert failure["errorInfo"]["stackTrace"]
-    assert failure["mapping"] == "m"
-    assert failure["source"]["type"] == "rabbitmq"
-    assert failure["source"]["queues"] == [queue]
-    assert failure["source"]["virtualHost"] == "/"
-    assert failure["source"]["messageIds"] == ["msg-37"]
-    assert failure["source"]["eventSourceArn"].startswith("arn:aws:mq:")
-    assert len(failure["traceId"]) == 32
-    properties = dead.header.properties
-    assert properties.content_type == "application/json"
-    assert properties.delivery_mode == 2
-    assert properties.message_id == failure["requestContext"]["requestId"]
-    assert properties.headers["x-poller-condition"] == "RetryAttemptsExhausted"
-    assert properties.headers["x-poller-error-type"] == "ValueError"
-    assert properties.headers["x-poller-mapping"] == "m"
-    assert properties.headers["x-poller-trace-id"] == failure["traceId"]
-
-    # The poison message alone: the first attempt (bisected down to it) and two retries, each
-    # through a delay queue; the handler saw the same basicProperties every time.
-    calls = CALLS[key(queue)]
-    seen = [m for call in calls for m in call if body(m) == b"poison!"]
-    assert all(m["basicProperties"] == expected_properties for m in seen)
-    alone = [call for call in calls if len(call) == 1 and body(call[0]) == b"poison!"]
-    assert [call[0]["redelivered"] for call in alone] == [False, True, True]
-    succeeded = {body(m) for call in calls if all(body(m) != b"poison!" for m in call) for m in call}
-    assert succeeded == {b'{"i": %d}' % i for i in range(100) if i != 37}
-    assert stats.dead_lettered == 1
-    assert stats.invocations <= 2 * 7 + 2, "logarithmic in the batch size"
-
-
-async def test_partial_batch_response_over_a_classic_and_a_quorum_queue(
-    amqp_url: str, new_queue: NewQueue
-) -> None:
+    """A publisher that sets no message id gets one filled in, the same on the retry, so that a
+    partial batch response can name the message; over one mapping of a classic and a quorum queue."""
     classic, quorum = await new_queue("classic"), await new_queue("quorum", quorum=True)
     for queue in (classic, quorum):
         # No message id, delivery mode or priority: the publisher set none.
@@ -473,30 +348,6 @@ async def test_broker_restart_mid_stream_reconnects_and_loses_nothing(
     assert await depth(amqp_url, queue) == 0
     # Only what was delivered but not acked when the broker went away comes again.
     assert len(bodies(queue)) - 1000 <= source_of(app).prefetch
-
-
-async def test_unroutable_destination_is_retried_and_the_message_stays_unacked(
-    amqp_url: str, new_queue: NewQueue
-) -> None:
-    queue = await new_queue("held")
-    dlq = unique_name("rmq-dlq-later")  # no such queue yet: the failure record is unroutable
-    await publish(amqp_url, queue, [aio_pika.Message(b"poison", message_id="p-1")])
-    clock = FakeClock()
-    config = make_config(amqp_url, [queue], "rmq_handlers:poison", dlq=dlq, maximum_retry_attempts=0)
-    try:
-        async with running(config, clock) as app:
-            source = source_of(app)
-            await wait_for(lambda: clock.slept >= 7, timeout=30, message="the destination retried")
-            assert app.runners["m"].status.counts.dead_lettered == 0
-            assert source.unacked == 1, "not acked while the destination has not confirmed"
-            await declare(amqp_url, dlq)
-            await wait_for(lambda: app.runners["m"].status.counts.dead_lettered == 1, timeout=60)
-            await wait_for(lambda: source.unacked == 0, timeout=10)
-        [dead] = await take(amqp_url, dlq)
-        assert json.loads(dead.body)["records"][0]["basicProperties"]["messageId"] == "p-1"
-        assert await depth(amqp_url, queue) == 0
-    finally:
-        await delete(amqp_url, dlq)
 
 
 async def test_failure_record_too_large_for_the_broker_goes_without_its_records(

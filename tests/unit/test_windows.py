@@ -231,3 +231,30 @@ async def test_a_partition_read_to_its_end_closes_its_window(tmp_path: Path) -> 
         await wait_for(lambda: source.committed_position("t-0") == 4, timeout=2, message="folded")
         await asyncio.wait_for(source.end(["t-0"]), 3)
         assert finals()[0]["state"] == {"n": 4}
+
+
+def test_the_example_window_counter_counts_per_page_from_kinesis_and_kafka_events() -> None:
+    import base64
+    import json
+
+    from handlers.window_counter import handler
+
+    def data(page: str) -> str:
+        return base64.b64encode(json.dumps({"page": page}).encode()).decode()
+
+    window = {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:01:00Z"}
+    common = {"window": window, "isWindowTerminatedEarly": False}
+    kinesis = {
+        "Records": [{"kinesis": {"data": data("/a")}}] * 2,
+        "state": {},
+        "shardId": "s",
+        "isFinalInvokeForWindow": False,
+    }
+    assert handler({**kinesis, **common}, None) == {"state": {"/a": 2}}
+    kafka = {
+        "records": {"t-0": [{"value": data("/b")}]},
+        "state": {"/a": 2},
+        "partition": "t-0",
+        "isFinalInvokeForWindow": True,
+    }
+    assert handler({**kafka, **common}, None) == {"state": {"/a": 2, "/b": 1}}

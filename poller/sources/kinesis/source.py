@@ -26,7 +26,15 @@ from typing import Any, ClassVar
 
 from poller.config import AwsConnection, Config, DynamoDBCheckpoints, Mapping, SqliteCheckpoints
 from poller.config import KinesisSource as KinesisSourceConfig
-from poller.connections.aws import ACCOUNT_ID, AWS_ERRORS, create_client, error_code, region_of, source_error
+from poller.connections.aws import (
+    ACCOUNT_ID,
+    AWS_ERRORS,
+    close_quietly,
+    create_client,
+    error_code,
+    region_of,
+    source_error,
+)
 from poller.engine.backoff import Backoff
 from poller.engine.records import Record
 from poller.errors import SourceError
@@ -88,8 +96,7 @@ class KinesisSource:
 
     def __init__(self, name: str, mapping: Mapping, config: Config) -> None:
         assert isinstance(mapping.source, KinesisSourceConfig)
-        connection = config.connections[mapping.source.connection]
-        assert isinstance(connection, AwsConnection)
+        connection = config.connection(mapping.source.connection, AwsConnection)
         self.name = name
         self.mapping = mapping
         self.source_config: KinesisSourceConfig = mapping.source
@@ -423,11 +430,7 @@ class KinesisSource:
         if self._coordinator is not None:
             await self._coordinator.free_all()
         stack, self._stack = self._stack, None
-        if stack is not None:
-            try:
-                await stack.aclose()
-            except Exception as exc:
-                log.debug("mapping %s: error while closing Kinesis clients: %s", self.name, exc)
+        await close_quietly(stack, "the Kinesis clients")
         self._client = None
         self._coordinator = None
 

@@ -33,7 +33,7 @@ from aiobotocore.session import get_session
 
 from poller.config import AwsConnection, Mapping
 from poller.config import SqsSource as SqsSourceConfig
-from poller.connections.aws import AWS_ERRORS, client_options, error_text, source_error
+from poller.connections.aws import AWS_ERRORS, client_options, close_quietly, error_text, source_error
 from poller.engine.backoff import Backoff
 from poller.engine.records import Record
 from poller.errors import SourceError
@@ -139,7 +139,7 @@ class SqsSource:
             self._check_limits(queue)
         except BaseException:
             # Cancelled or failed: the client must not outlive this call.
-            await _close_quietly(stack)
+            await close_quietly(stack, "an SQS client")
             raise
         self._stack, self._client, self._queue, self._tasks = stack, client, queue, tasks
         self._closing = False
@@ -224,7 +224,7 @@ class SqsSource:
                     exc,
                 )
         if self._stack is not None:
-            await _close_quietly(self._stack)
+            await close_quietly(self._stack, "an SQS client")
         self._stack = self._client = self._tasks = None
         self._receivers = self._reserved = 0
         self._polls.clear()
@@ -412,10 +412,3 @@ class SqsSource:
                 self._ready += self._lanes.dispatch()
                 self._ready_changed.set()
         return messages
-
-
-async def _close_quietly(stack: contextlib.AsyncExitStack) -> None:
-    try:
-        await stack.aclose()
-    except Exception as exc:
-        log.debug("error while closing an SQS client: %s", exc)

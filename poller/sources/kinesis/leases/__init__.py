@@ -58,6 +58,5 @@ def build_lease_store(
     """The store a mapping's ``checkpoints`` setting names."""
     if isinstance(settings, SqliteCheckpoints):
         return SqliteLeaseStore(settings.path, group, lease_duration=lease_duration)
-    connection = config.connections[settings.connection]
-    assert isinstance(connection, AwsConnection)  # checked by Config.reference_errors
+    connection = config.connection(settings.connection, AwsConnection)
     return DynamoDBLeaseStore(connection, settings.table, group, lease_duration=lease_duration)

@@ -21,7 +21,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from poller.config import AwsConnection
-from poller.connections.aws import AWS_ERRORS, create_client, error_code, source_error
+from poller.connections.aws import AWS_ERRORS, close_quietly, create_client, error_code, source_error
 from poller.errors import SourceError
 from poller.sources.kinesis.leases.lease import Lease
 
@@ -71,11 +71,7 @@ class DynamoDBLeaseStore:
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
-        if stack is not None:
-            try:
-                await stack.aclose()
-            except Exception as exc:
-                log.debug("error while closing the DynamoDB client: %s", exc)
+        await close_quietly(stack, "the DynamoDB client")
 
     async def list_leases(self) -> list[Lease]:
         leases: list[Lease] = []
