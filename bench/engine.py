@@ -109,9 +109,18 @@ def served_matching(total: int, partitions: int, fetch: int) -> int:
     return matching
 
 
-async def run(total: int, partitions: int, fetch: int, batch_size: int, pattern: str | None = None) -> float:
+async def run(
+    total: int,
+    partitions: int,
+    fetch: int,
+    batch_size: int,
+    pattern: str | None = None,
+    *,
+    json_values: bool = False,
+) -> float:
     """CPU seconds of the process for ``total`` records from first poll to the last invocation;
-    with a filter ``pattern`` the values are JSON orders and refunds (:func:`order_values`)."""
+    with a filter ``pattern`` (or ``json_values``) the values are JSON orders and refunds
+    (:func:`order_values`)."""
     filters = {"filter_criteria": {"filter": [{"pattern": pattern}]}} if pattern else {}
     config = Config.model_validate(
         {
@@ -130,7 +139,7 @@ async def run(total: int, partitions: int, fetch: int, batch_size: int, pattern:
     )
     mapping = config.mappings["m"]
     function = FunctionRuntime("fn", config.functions["fn"])
-    source = MemoryKafkaSource(total, partitions, fetch, json_values=pattern is not None)
+    source = MemoryKafkaSource(total, partitions, fetch, json_values=json_values or pattern is not None)
     runner = MappingRunner("m", mapping, source, function, None)  # type: ignore[arg-type]
     # The function runtime imports the handler as bench.engine, which is not this module when
     # run as ``python -m bench.engine`` (then it is __main__): talk to that one.
@@ -156,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5, help="runs; the best is reported")
     parser.add_argument(
+        "--json-values", action="store_true", help="JSON values, as --filter has, without a filter"
+    )
+    parser.add_argument(
         "--filter",
         metavar="PATTERN",
         help='a filter pattern, e.g. \'{"value": {"kind": ["order"]}}\': the values are then JSON, '
@@ -170,12 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeat):
         with asyncio.Runner(loop_factory=loop_factory()) as loop:
             runs.append(
-                loop.run(run(args.records, args.partitions, args.fetch, args.batch_size, args.filter))
+                loop.run(
+                    run(
+                        args.records,
+                        args.partitions,
+                        args.fetch,
+                        args.batch_size,
+                        args.filter,
+                        json_values=args.json_values,
+                    )
+                )
             )
     per_record = min(runs) / args.records * 1e6
     print(
         f"engine, kafka-shaped, {args.partitions} partitions, batch {args.batch_size}"
-        + (f", filter {args.filter}" if args.filter else "")
+        + (f", filter {args.filter}" if args.filter else ", JSON values" if args.json_values else "")
         + ": "
         f"{per_record:.2f} us CPU per record (best of {args.repeat}; runs "
         + ", ".join(f"{run / args.records * 1e6:.2f}" for run in runs)

@@ -16,6 +16,7 @@ headers, the SQS ``poller-condition`` attribute, RabbitMQ properties and headers
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -25,6 +26,8 @@ import guarantee_handlers as handlers
 from guarantee_handlers import Seen
 from harness import MAPPING, BrokerHarness, Sent, counters
 from support import FakeClock, running, wait_for
+
+from poller.engine.filters import FILTER_FIELDS
 
 
 def calls(broker: BrokerHarness) -> list[list[Seen]]:
@@ -232,3 +235,32 @@ async def test_destination_down_holds_the_source_until_the_destination_confirms(
     assert count.dead_lettered == 1
     assert Counter(succeeded(broker)) == Counter(set(bodies) - {poison.body})
     assert await broker.unsettled() == 0
+
+
+async def test_records_that_match_no_filter_are_committed_uninvoked_and_the_rest_arrive_unchanged(
+    broker: BrokerHarness,
+) -> None:
+    """SPEC section 14: the pattern sees the source's data field decoded and parsed; the handler
+    gets the matching records exactly as without a filter; the others are committed, deleted or
+    acked without an invocation, inside a batch and as whole batches."""
+    await broker.create()
+    kinds = ["order" if i % 3 == 0 else "refund" for i in range(30)] + ["refund"] * 10
+    bodies = [json.dumps({"kind": kind, "i": i}) for i, kind in enumerate(kinds)]
+    sent = await broker.produce(bodies)
+    field = FILTER_FIELDS[broker.kind].name  # body, value or data
+    pattern = json.dumps({field: {"kind": ["order"]}})
+    config = broker.config("collect", batch_size=10, filter_criteria={"filter": [{"pattern": pattern}]})
+    async with running(config) as app:
+        await wait_for(
+            lambda: unsettled_is(broker, 0), timeout=60, interval=0.2, message="every record committed"
+        )
+        count = counters(app)
+    orders = [record for record in sent if '"order"' in record.body]
+    seen = handled(broker)
+    assert sorted(record.body for record in seen) == sorted(record.body for record in orders)
+    for record in orders:
+        [attempt] = attempts_of(broker, record)
+        broker.check_record(attempt.record, record)  # the same bytes and metadata as unfiltered
+    assert count.filtered == len(sent) - len(orders)
+    assert count.succeeded == len(orders)
+    assert await broker.dead_letters(0) == []

@@ -13,12 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry, generate_latest
 from support import FakeClock, wait_for
 
 from poller.config import Config
 from poller.engine.records import Record
 from poller.errors import DestinationError, SourceError
 from poller.observability.logs import ContextFilter
+from poller.observability.metrics import RunnerCollector
+from poller.observability.tracing import Telemetry
 from poller.runtime import runner as runner_module
 from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
@@ -69,6 +75,7 @@ def make_runner(
     *,
     drain_timeout: float = 5.0,
     timeout: int = 3,
+    telemetry: Telemetry | None = None,
     **mapping: Any,
 ) -> MappingRunner:
     settings = {"batch_size": 10, "maximum_batching_window_in_seconds": 0, **mapping}
@@ -97,6 +104,7 @@ def make_runner(
         destination,
         clock=FakeClock(),
         drain_timeout=drain_timeout,
+        telemetry=telemetry,
     )
 
 
@@ -326,13 +334,29 @@ async def test_records_that_match_no_filter_are_committed_uninvoked() -> None:
     source = MemoryStream()
     source.put("t-0", *({"v": i} for i in range(10)))  # one batch: filtered inside it
     source.put("t-1", *({"v": i} for i in range(3)))  # a whole batch filtered out
-    runner = make_runner(source, filter_criteria={"filter": [{"pattern": '{"v": [{"numeric": [">=", 5]}]}'}]})
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    runner = make_runner(
+        source,
+        telemetry=Telemetry(tracer_provider=provider),
+        filter_criteria={"filter": [{"pattern": '{"v": [{"numeric": [">=", 5]}]}'}]},
+    )
     async with running(runner):
         await wait_for(lambda: source.committed_position("t-0") == 10, timeout=2, message="t-0 committed")
         await wait_for(lambda: source.committed_position("t-1") == 3, timeout=2, message="t-1 committed")
     assert seen == [5, 6, 7, 8, 9]
     assert runner.status.counts.filtered == 8
     assert runner.status.counts.invocations == 1
+    registry = CollectorRegistry()
+    registry.register(RunnerCollector({"m": runner}))
+    assert 'poller_records_filtered_total{mapping="m"} 8.0' in generate_latest(registry).decode()
+    filtered = {
+        span.attributes["messaging.destination.partition.id"]: span.attributes["poller.batch.filtered"]
+        for span in spans.get_finished_spans()
+        if span.attributes and "poller.batch.filtered" in span.attributes
+    }
+    assert filtered == {"t-0": 5, "t-1": 3}
 
 
 async def test_log_lines_about_a_batch_carry_the_mapping_batch_and_trace_ids(

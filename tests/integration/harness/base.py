@@ -36,12 +36,15 @@ class Counters:
     succeeded: int  # records in invocations that succeeded
     failed: int  # records in invocations that failed
     dead_lettered: int  # records the on-failure destination confirmed
+    filtered: int  # records that matched no filter: committed, never invoked
 
 
 def counters(app: App) -> Counters:
     """The engine's counters of mapping ``m``: the only place the suite reads them in process."""
     counts = app.runners[MAPPING].status.counts
-    return Counters(counts.invocations, counts.succeeded, counts.failed, counts.dead_lettered)
+    return Counters(
+        counts.invocations, counts.succeeded, counts.failed, counts.dead_lettered, counts.filtered
+    )
 
 
 class BrokerHarness(ABC):
