@@ -1,7 +1,10 @@
 """The service: one supervisor TaskGroup running one MappingRunner per enabled mapping.
 
 Signals only set a flag: the first SIGTERM/SIGINT stops polling and drains in-flight batches
-within the drain timeout; a second one exits at once.
+within the drain timeout; a second one exits at once. SIGHUP (or ``POST /reload``) reloads the
+config file: mappings that changed drain and start again, new ones start, removed ones drain and
+stop, and the others keep running without a pause (SPEC section 16). ``POST /mappings/NAME/disable``
+and ``/enable`` drain a mapping and start it again.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from poller.clock import Clock
-from poller.config import Config, Mapping, SqliteCheckpoints
+from poller.clock import Clock, first_of
+from poller.config import Config, Mapping, SqliteCheckpoints, load_config
+from poller.config.diff import diff
 from poller.destinations import Destination, build_destination
-from poller.errors import PollerError
+from poller.errors import ConfigError, PollerError
 from poller.observability.admin import AdminServer
 from poller.observability.tracing import Telemetry, configure_tracing, flush_tracing, shutdown_tracing
 from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
+from poller.runtime.status import MappingStatus
 from poller.runtime.window_store import build_window_store
 from poller.runtime.windows import window_group
 from poller.sources import build_source
@@ -34,7 +40,10 @@ GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections 
 
 
 class App:
-    """Everything one config file describes, wired together. Building it imports every handler."""
+    """Everything one config file describes, wired together. Building it imports every handler.
+
+    ``runners`` holds a runner for every mapping of the config, enabled or not (a disabled one is
+    only shown); the admin server reads it, so it is changed in place."""
 
     def __init__(
         self,
@@ -43,62 +52,168 @@ class App:
         clock: Clock | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         telemetry: Telemetry | None = None,
+        config_path: str | os.PathLike[str] | None = None,
     ):
         self.config = config
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.clock = clock
+        self.drain_timeout = drain_timeout
         self.telemetry = telemetry or Telemetry()
         self.functions = {
             name: FunctionRuntime(name, function) for name, function in config.functions.items()
         }
-        enabled = {name: mapping for name, mapping in config.mappings.items() if mapping.enabled}
-        used = {m.on_failure_destination for m in enabled.values()} - {None}
-        self.destinations: dict[str, Destination] = {
-            name: build_destination(name, config) for name in sorted(n for n in used if n is not None)
+        self.destinations: dict[str, Destination] = {}
+        self.runners: dict[str, MappingRunner] = {
+            name: self._runner(name, mapping) for name, mapping in config.mappings.items()
         }
-        self.runners = {
-            name: self._runner(name, mapping, clock, drain_timeout) for name, mapping in enabled.items()
-        }
-        self.admin = AdminServer(config.admin.host, config.admin.port, self.runners, self.telemetry.registry)
+        token = config.admin.token.get_secret_value() if config.admin.token else None
+        self.admin = AdminServer(
+            config.admin.host,
+            config.admin.port,
+            self.runners,
+            self.telemetry.registry,
+            controls=self,
+            token=token,
+        )
         self.stopping = asyncio.Event()
+        self._reload_wanted = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # the running mappings' tasks
 
-    def _runner(
-        self, name: str, mapping: Mapping, clock: Clock | None, drain_timeout: float
-    ) -> MappingRunner:
+    def _runner(self, name: str, mapping: Mapping, status: MappingStatus | None = None) -> MappingRunner:
         source = build_source(name, mapping, self.config)
         window_store = None
         if mapping.tumbling_window_in_seconds is not None:
             settings = mapping.checkpoints or SqliteCheckpoints(type="sqlite")
             window_store = build_window_store(settings, window_group(name, source.reads), self.config)
-        return MappingRunner(
+        runner = MappingRunner(
             name,
             mapping,
             source,
             self.functions[mapping.function_name],
-            self.destinations.get(mapping.on_failure_destination or ""),
-            clock=clock,
-            drain_timeout=drain_timeout,
+            self._destination(mapping.on_failure_destination),
+            clock=self.clock,
+            drain_timeout=self.drain_timeout,
             telemetry=self.telemetry,
             window_store=window_store,
+            status=status,  # the same mapping again: its counts go on
         )
+        if not mapping.enabled:
+            runner.status.state = "Disabled"
+        return runner
+
+    def _destination(self, name: str | None) -> Destination | None:
+        if name is None:
+            return None
+        if name not in self.destinations:
+            self.destinations[name] = build_destination(name, self.config)
+        return self.destinations[name]
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def request_reload(self) -> None:
+        """Reload the config file soon (SIGHUP, ``POST /reload``)."""
+        self._reload_wanted.set()
 
     async def run(self) -> None:
         """Run until :meth:`stop`, then drain and return. A mapping that cannot start (an unknown
         topic) raises, after the others were stopped."""
         await self.admin.start()
-        log.info("poller running %d mapping(s): %s", len(self.runners), ", ".join(self.runners) or "none")
+        enabled = [name for name, runner in self.runners.items() if runner.mapping.enabled]
+        log.info("poller running %d mapping(s): %s", len(enabled), ", ".join(enabled) or "none")
         try:
-            async with asyncio.TaskGroup() as tasks:
-                for name, runner in self.runners.items():
-                    tasks.create_task(runner.run(), name=f"mapping:{name}")
-                await self.stopping.wait()
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                for name in enabled:
+                    self._start(name)
+                while not self.stopping.is_set():
+                    await first_of(self.stopping, self._reload_wanted)
+                    if self._reload_wanted.is_set() and not self.stopping.is_set():
+                        self._reload_wanted.clear()
+                        await self.reload()
                 for runner in self.runners.values():
                     runner.stop()
         finally:
+            self._group = None
             for destination in self.destinations.values():
                 await destination.close()
             await self.admin.close()
+
+    # --- one mapping at run time -----------------------------------------------------------------
+
+    def _start(self, name: str) -> None:
+        assert self._group is not None, "mappings start while the app runs"
+        self._tasks[name] = self._group.create_task(self.runners[name].run(), name=f"mapping:{name}")
+
+    async def _stop(self, name: str) -> None:
+        """Drain a running mapping (its in-flight batches finish and commit) and wait until it stopped."""
+        task = self._tasks.pop(name, None)
+        if task is None:
+            return
+        self.runners[name].stop()
+        await asyncio.wait([task])  # its error, if any, is the TaskGroup's
+
+    async def disable(self, name: str) -> str:
+        """Drain the mapping and stop polling it; returns its state (``Disabling`` until drained)."""
+        runner = self.runners[name]
+        if name in self._tasks and not runner.stopping:
+            assert self._group is not None
+            runner.status.state = "Disabling"
+            self._group.create_task(self._stop(name), name=f"disable:{name}")
+        return runner.status.state
+
+    async def enable(self, name: str) -> str:
+        """Start polling a disabled mapping again, as a new runner with the same counts."""
+        if name in self._tasks:
+            return self.runners[name].status.state
+        old = self.runners[name]
+        self.runners[name] = self._runner(name, old.mapping.model_copy(update={"enabled": True}), old.status)
+        self._start(name)
+        return self.runners[name].status.state
+
+    # --- reload ----------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Read the config file again and apply what changed; False, with every error logged and
+        the running config kept, if the new file is invalid."""
+        if self.config_path is None:
+            log.warning("reload asked for, but this poller was not started from a config file")
+            return False
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload rejected, the running config stays: %s", problem)
+            return False
+        changes = diff(self.config, new)
+        if changes.admin_changed:
+            log.warning("reload: the admin settings changed; they take effect at the next start")
+        self.config = new
+        for name in changes.functions_changed | (set(new.functions) - set(self.functions)):
+            self.functions[name] = FunctionRuntime(name, new.functions[name])
+        for name in changes.unchanged:
+            # A function that changed is swapped under the running mapping: in-flight invocations
+            # finish on the old one, the next ones use the new one.
+            self.runners[name].processor.function = self.functions[new.mappings[name].function_name]
+        self.destinations = {name: d for name, d in self.destinations.items() if name in new.destinations}
+        await asyncio.gather(*(self._stop(name) for name in changes.removed | changes.changed))
+        for name in changes.removed:
+            del self.runners[name]
+        for name in sorted(changes.added | changes.changed):
+            old = self.runners.get(name)
+            self.runners[name] = self._runner(name, new.mappings[name], old.status if old else None)
+            if new.mappings[name].enabled:
+                self._start(name)
+        log.info(
+            "reloaded %s: %d mapping(s) started, %d restarted, %d stopped, %d unchanged",
+            self.config_path,
+            len(changes.added),
+            len(changes.changed),
+            len(changes.removed),
+            len(changes.unchanged),
+        )
+        return True
 
 
 async def serve(app: App) -> None:
@@ -120,19 +235,20 @@ async def serve(app: App) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, app.request_reload)
     try:
         await app.run()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
 
-def run_service(config: Config, drain_timeout: float) -> bool:
+def run_service(config: Config, drain_timeout: float, config_path: str | None = None) -> bool:
     """Run the service on a loaded config until a signal (``poller run``, ``poller dev``); False
-    when it stopped because of an error, which is logged."""
+    when it stopped because of an error, which is logged. ``config_path`` is what SIGHUP reloads."""
 
     async def main() -> None:
-        await serve(App(config, drain_timeout=drain_timeout))
+        await serve(App(config, drain_timeout=drain_timeout, config_path=config_path))
 
     configure_tracing()
     tune_garbage_collector()

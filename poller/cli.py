@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from typing import Any
 
@@ -43,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample-event", help="print a valid sample event of a source type")
     sample.add_argument("source", choices=["kafka", "sqs", "kinesis", "rabbitmq"])
 
+    status = commands.add_parser(
+        "status", help="print the state, lag and counts of a running poller's mappings"
+    )
+    status.add_argument(
+        "--url", default=os.environ.get("POLLER_URL", "http://127.0.0.1:8080"), help="its admin address"
+    )
+    status.add_argument("--token", default=os.environ.get("POLLER_ADMIN_TOKEN"), help="its admin token")
+
     dev = commands.add_parser("dev", help="start local stand-in brokers and run config/dev.yaml")
     with_config(dev, "config/dev.yaml")
     dev.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight batches")
@@ -64,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                 orjson.dumps(sample_event(args.source), option=orjson.OPT_INDENT_2).decode() + "\n"
             )
             return EXIT_OK
+        if args.command == "status":
+            return _status(args.url, args.token)
         if args.command == "invoke":
             return _invoke(args.config, args.function, args.event)
         if args.command == "run":
@@ -79,6 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _status(url: str, token: str | None) -> int:
+    from poller.status import StatusError, fetch_mappings, render
+
+    try:
+        print(render(fetch_mappings(url, token)))
+    except StatusError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _validate(path: str) -> int:
@@ -123,4 +145,4 @@ def _run(path: str, drain_timeout: float) -> int:
     config = load_config(path)
     from poller.app import run_service
 
-    return EXIT_OK if run_service(config, drain_timeout) else EXIT_FAILURE
+    return EXIT_OK if run_service(config, drain_timeout, path) else EXIT_FAILURE

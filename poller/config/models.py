@@ -12,7 +12,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from poller.engine.filters import FILTER_FIELDS, MAX_FILTERS, FilterCriteria, FilterPatternError
 
@@ -378,8 +386,13 @@ class Mapping(_Model):
 
 
 class Admin(_Model):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="Loopback by default; 0.0.0.0 in a container.")
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port (it is logged).")
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token every endpoint but /healthz and /readyz requires, e.g. "
+        "${POLLER_ADMIN_TOKEN}.",
+    )
 
 
 class Config(_Model):

@@ -61,7 +61,7 @@ def run_dev(config_path: str, drain_timeout: float) -> bool:
     started = start_stand_ins(config)
     try:
         asyncio.run(create_example_resources(config))
-        return run_service(config, drain_timeout)
+        return run_service(config, drain_timeout, config_path)
     finally:
         for stand_in in started:
             log.info("stopping the %s stand-in", stand_in.name)

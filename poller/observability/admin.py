@@ -1,9 +1,16 @@
-"""Admin HTTP endpoints (aiohttp): /healthz, /readyz, /metrics and /mappings."""
+"""Admin HTTP endpoints (aiohttp): /healthz, /readyz, /metrics, /mappings, and the controls that
+act on a running poller (POST /reload, /mappings/NAME/enable and /mappings/NAME/disable).
+
+With ``admin.token`` every endpoint but /healthz and /readyz (which probes must reach without
+credentials) needs ``Authorization: Bearer <token>``, compared in constant time (SPEC section 16).
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -16,25 +23,51 @@ from poller.sources import Lagging
 log = logging.getLogger(__name__)
 
 
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes reach these without a token
+
+
+class Controls(Protocol):
+    """What the admin endpoints may ask of the running service (the App)."""
+
+    def request_reload(self) -> None: ...
+
+    async def enable(self, name: str) -> str:
+        """Start a disabled mapping; returns its state."""
+
+    async def disable(self, name: str) -> str:
+        """Drain a mapping and stop it; returns its state."""
+
+
 class AdminServer:
     """Serves the state of the runners; started before them, stopped after them."""
 
     def __init__(
-        self, host: str, port: int, runners: Mapping[str, MappingRunner], registry: CollectorRegistry
+        self,
+        host: str,
+        port: int,
+        runners: Mapping[str, MappingRunner],
+        registry: CollectorRegistry,
+        *,
+        controls: Controls | None = None,
+        token: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.runners = runners
         self.registry = registry
+        self.controls = controls
+        self._token = token.encode() if token else None
         registry.register(RunnerCollector(runners))
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._authenticate])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/mappings", self._mappings)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/reload", self._reload)
+        app.router.add_post("/mappings/{name}/{action:enable|disable}", self._switch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -47,14 +80,29 @@ class AdminServer:
             await self._runner.cleanup()
             self._runner = None
 
+    @web.middleware
+    async def _authenticate(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self._token is not None and request.path not in OPEN_PATHS:
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self._token):
+                return web.json_response(
+                    {"message": "a valid admin token is required (Authorization: Bearer <token>)"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="poller"'},
+                )
+        return await handler(request)
+
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        # Mappings disabled in the file or at run time are not expected to poll.
         not_ready = {
             name: runner.status.last_error or runner.status.state
             for name, runner in self.runners.items()
-            if not runner.status.ready
+            if not runner.status.ready and runner.status.state not in ("Disabled", "Disabling")
         }
         body = {"ready": not not_ready, "mappings": not_ready}
         return web.json_response(body, status=200 if not not_ready else 503)
@@ -79,6 +127,24 @@ class AdminServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        if self.controls is None:
+            return web.json_response({"message": "this poller cannot reload"}, status=409)
+        self.controls.request_reload()
+        return web.json_response({"reload": "requested"}, status=202)
+
+    async def _switch(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.runners:
+            return web.json_response({"message": f"no mapping {name!r}"}, status=404)
+        if self.controls is None:
+            return web.json_response({"message": "this poller cannot switch mappings"}, status=409)
+        if request.match_info["action"] == "enable":
+            state = await self.controls.enable(name)
+        else:
+            state = await self.controls.disable(name)
+        return web.json_response({"mapping": name, "state": state}, status=202)
 
 
 def _lag_entries(runner: MappingRunner) -> dict[str, dict[str, int]]:

@@ -63,13 +63,14 @@ class MappingRunner:
         telemetry: Telemetry | None = None,
         drain_timeout: float = 30.0,
         window_store: WindowStore | None = None,
+        status: MappingStatus | None = None,
     ) -> None:
         self.name = name
         self.mapping = mapping
         self.source = source
         self.function = function
         self.drain_timeout = drain_timeout
-        self.status = MappingStatus()
+        self.status = status or MappingStatus()
         self.info = MappingInfo.of(name, mapping, source)
         clock, telemetry = clock or Clock(), telemetry or Telemetry()
         policy = policy or retry_policy(mapping, ordered=source.ordered)
@@ -116,6 +117,11 @@ class MappingRunner:
     def stop(self) -> None:
         """Stop polling; in-flight batches finish within the drain timeout, then the rest is abandoned."""
         self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called (a runner runs once: to start again, make another)."""
+        return self._stopping.is_set()
 
     async def run(self) -> None:
         """Connect, poll until :meth:`stop`, drain, close the source. Raises a non-retriable

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from poller.clock import Clock
 from poller.engine.backoff import Backoff
 from poller.engine.outcome import Failed, Outcome, PartiallyFailed, Succeeded, outcome_of
-from poller.engine.records import Batch, Record
+from poller.engine.records import Batch, Record, json_copy
 from poller.engine.retry import RETRY_ATTEMPTS_EXHAUSTED, RetryPolicy
 from poller.engine.windows import MAX_STATE_BYTES, OpenWindow, runs_by_window, state_size
 from poller.errors import SourceError
@@ -155,7 +155,9 @@ class WindowKeeper:
         assert window is not None, "an invocation of a windowed lane without a window"
         return {
             "window": window.window.describe(),
-            "state": window.state,
+            # A copy: a handler that changes its event's state in place and then fails must not
+            # change what its retry gets.
+            "state": json_copy(window.state),
             **self.format.window_fields(lane.partition),
             "isFinalInvokeForWindow": final,
             "isWindowTerminatedEarly": final and window.terminated_early,

@@ -5,7 +5,6 @@ lane gets its next batch, and which messages go back with a FIFO group that was 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import time
 from collections.abc import AsyncIterator, Collection, Iterable
@@ -13,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from test_sqs_pure import FIFO, QUEUE
 
 from poller.config import Config
 from poller.engine.records import Record
@@ -22,19 +22,6 @@ from poller.sources.sqs.event import QueueInfo, to_record
 from poller.sources.sqs.lanes import LaneAssignment
 from poller.sources.sqs.source import SqsSource
 from poller.tasks import BackgroundTasks
-
-QUEUE = QueueInfo(
-    url="https://sqs.eu-west-1.amazonaws.com/123456789012/orders",
-    arn="arn:aws:sqs:eu-west-1:123456789012:orders",
-    name="orders",
-    region="eu-west-1",
-    fifo=False,
-    visibility_timeout=30,
-    maximum_message_size=262144,
-)
-FIFO = dataclasses.replace(
-    QUEUE, url=QUEUE.url + ".fifo", arn=QUEUE.arn + ".fifo", name="orders.fifo", fifo=True
-)
 
 _numbers = iter(range(1_000_000))
 

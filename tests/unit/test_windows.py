@@ -6,6 +6,7 @@ state, and a shard that ends."""
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -258,3 +259,26 @@ def test_the_example_window_counter_counts_per_page_from_kinesis_and_kafka_event
         "isFinalInvokeForWindow": True,
     }
     assert handler({**kafka, **common}, None) == {"state": {"/a": 2, "/b": 1}}
+
+
+async def change_state_then_fail_once(event: dict[str, Any]) -> dict[str, Any]:
+    INVOCATIONS.append(copy.deepcopy(event))  # as it came in
+    state = event["state"]  # changed in place, as handlers do
+    state["n"] = state.get("n", 0) + len(event["Records"])
+    if len(INVOCATIONS) == 1:
+        raise ValueError("fails after changing its state")
+    return {"state": state}
+
+
+async def test_a_failed_invocation_that_changed_its_state_in_place_leaves_no_trace(tmp_path: Path) -> None:
+    behave(change_state_then_fail_once)
+    clock = FakeClock()
+    source = MemoryStream()
+    source.put("t-0", *({"v": i} for i in range(5)), timestamp=clock.now())
+    runner = make_runner(source, tmp_path / "windows.db", clock)
+    async with running(runner):
+        await wait_for(lambda: source.committed_position("t-0") == 5, timeout=3, message="folded")
+        clock.slept += 2 * LENGTH
+        await wait_for(lambda: finals(), timeout=3, message="closed")
+    assert INVOCATIONS[1]["state"] == {}, "the retry starts from the state before the failure"
+    assert finals()[0]["state"] == {"n": 5}

@@ -1,0 +1,222 @@
+"""Operating a running poller (SPEC section 16), against Kafka (tansu): reloading the config file
+(a new mapping starts, an unchanged one keeps handling records without a pause, a broken file is
+refused), disabling and enabling a mapping at run time, the admin token, and ``poller status``."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import signal
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from support import (
+    KAFKA_TEST_GROUP_SETTINGS,
+    committed_offsets,
+    create_topic,
+    produce,
+    recorded_lines,
+    serving,
+    spawn_poller,
+    unique_name,
+    wait_exit,
+    wait_for,
+)
+
+from poller.app import App
+from poller.cli import main as cli
+from poller.config import load_config
+
+pytestmark = pytest.mark.kafka
+
+
+def mapping(name: str, topic: str, **extra: Any) -> str:
+    settings = {
+        "function_name": "fn",
+        "source": {
+            "type": "kafka",
+            "connection": "k",
+            "topics": [topic],
+            "consumer_group_id": f"{topic}-group",
+            **KAFKA_TEST_GROUP_SETTINGS,
+        },
+        "batch_size": 10,
+        "maximum_batching_window_in_seconds": 0.1,
+        **extra,
+    }
+    return f"  {name}: {json.dumps(settings)}\n"
+
+
+def config_text(
+    bootstrap: str, log: Path, mappings: str, *, admin: str = "{port: 0}", sleep: float = 0
+) -> str:
+    return (
+        textwrap.dedent(
+            f"""\
+        connections:
+          k: {{type: kafka, bootstrap_servers: "{bootstrap}"}}
+        functions:
+          fn:
+            handler: operations_handlers:record
+            environment: {{OPS_LOG: "{log}", OPS_SLEEP: "{sleep}"}}
+        admin: {admin}
+        mappings:
+        """
+        )
+        + mappings
+    )
+
+
+def handled(log: Path) -> list[tuple[str, int, int, float]]:
+    return [tuple(json.loads(line)) for line in recorded_lines(log)]  # type: ignore[misc]
+
+
+@asynccontextmanager
+async def app_on(path: Path) -> AsyncIterator[App]:
+    async with serving(App(load_config(path), drain_timeout=10, config_path=path)) as app:
+        yield app
+
+
+async def keep_producing(bootstrap: str, topic: str, stop: asyncio.Event) -> int:
+    """One record every 50 ms until ``stop``; returns how many."""
+    count = 0
+    while not stop.is_set():
+        await produce(bootstrap, topic, [(0, None, f"r{count}", None)])
+        count += 1
+        await asyncio.sleep(0.05)
+    return count
+
+
+async def test_a_reload_starts_a_new_mapping_keeps_the_unchanged_one_running_and_refuses_a_broken_file(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    first, second = unique_name("ops-a"), unique_name("ops-b")
+    await create_topic(kafka_bootstrap, first)
+    await create_topic(kafka_bootstrap, second)
+    log, path = tmp_path / "handled.jsonl", tmp_path / "poller.yaml"
+    path.write_text(config_text(kafka_bootstrap, log, mapping("a", first)))
+    async with app_on(path) as app:
+        await wait_for(lambda: app.runners["a"].status.ready, timeout=30, message="a polling")
+        runner, source = app.runners["a"], app.runners["a"].source
+        stop = asyncio.Event()
+        producing = asyncio.create_task(keep_producing(kafka_bootstrap, first, stop))
+        await wait_for(lambda: len(handled(log)) >= 10, timeout=30, message="a handles records")
+        path.write_text(config_text(kafka_bootstrap, log, mapping("a", first) + mapping("b", second)))
+        app.request_reload()
+        await wait_for(
+            lambda: "b" in app.runners and app.runners["b"].status.ready, timeout=30, message="b started"
+        )
+        await produce(kafka_bootstrap, second, [(0, None, "b0", None)])
+        await wait_for(
+            lambda: any(topic == second for topic, *_ in handled(log)), timeout=30, message="b handles"
+        )
+        path.write_text("mappings: [this is not a mapping\n")
+        assert not await app.reload(), "a broken file is refused"
+        assert set(app.runners) == {"a", "b"}
+        before = len([r for r in handled(log) if r[0] == first])
+        await wait_for(
+            lambda: len([r for r in handled(log) if r[0] == first]) > before + 5,
+            timeout=30,
+            message="a goes on",
+        )
+        stop.set()
+        produced = await producing
+        await wait_for(
+            lambda: len({r[2] for r in handled(log) if r[0] == first}) == produced,
+            timeout=30,
+            message="all of a",
+        )
+        assert app.runners["a"] is runner, "a was not restarted"
+        assert runner.source is source, "nor reconnected"
+    times = sorted(when for topic, _, _, when in handled(log) if topic == first)
+    gap = max(later - earlier for earlier, later in itertools.pairwise(times))
+    # One record every 50 ms, a poll at least every 0.5 s and a batching window of 0.1 s.
+    assert gap < 1.5, f"a paused for {gap:.2f} s during the reload"
+
+
+async def test_a_disabled_mapping_finishes_its_batch_handles_nothing_then_catches_up(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = unique_name("ops-switch")
+    await create_topic(kafka_bootstrap, topic)
+    log, path = tmp_path / "handled.jsonl", tmp_path / "poller.yaml"
+    path.write_text(config_text(kafka_bootstrap, log, mapping("m", topic), sleep=1.0))
+    async with app_on(path) as app, aiohttp.ClientSession(f"http://127.0.0.1:{app.admin.port}") as http:
+        await produce(kafka_bootstrap, topic, [(0, None, f"r{i}", None) for i in range(10)])
+        await wait_for(lambda: len(handled(log)) == 10, timeout=30, message="a batch in the handler")
+        async with http.post("/mappings/m/disable") as response:
+            assert response.status == 202
+            assert (await response.json())["state"] == "Disabling"
+        await wait_for(lambda: app.runners["m"].status.state == "Disabled", timeout=30, message="disabled")
+        offsets = await committed_offsets(kafka_bootstrap, f"{topic}-group", topic, 1)
+        assert offsets == {0: 10}, "the batch in flight finished and was committed before it stopped"
+        await produce(kafka_bootstrap, topic, [(0, None, f"r{i}", None) for i in range(10, 20)])
+        async with http.get("/readyz") as response:
+            assert response.status == 200, "a disabled mapping does not make the poller unready"
+        # Disabled is set once the runner's task has ended: nothing polls the topic any more.
+        assert len(handled(log)) == 10, "nothing handled while disabled"
+        async with http.post("/mappings/m/enable") as response:
+            assert response.status == 202
+        await wait_for(lambda: len(handled(log)) == 20, timeout=60, message="caught up")
+        # The counts go on across the restart of the mapping.
+        await wait_for(lambda: app.runners["m"].status.counts.succeeded == 20, timeout=30, message="counts")
+
+
+async def test_the_admin_token_guards_everything_but_the_probes(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topic = unique_name("ops-auth")
+    await create_topic(kafka_bootstrap, topic)
+    log, path = tmp_path / "handled.jsonl", tmp_path / "poller.yaml"
+    path.write_text(
+        config_text(kafka_bootstrap, log, mapping("m", topic), admin="{port: 0, token: s3cret-t0ken}")
+    )
+    async with app_on(path) as app, aiohttp.ClientSession(f"http://127.0.0.1:{app.admin.port}") as http:
+        for endpoint in ("/mappings", "/metrics"):
+            async with http.get(endpoint) as response:
+                assert response.status == 401
+            async with http.get(endpoint, headers={"Authorization": "Bearer wrong"}) as response:
+                assert response.status == 401
+            async with http.get(endpoint, headers={"Authorization": "Bearer s3cret-t0ken"}) as response:
+                assert response.status == 200
+        async with http.post("/mappings/m/disable") as response:
+            assert response.status == 401
+        async with http.get("/healthz") as response:
+            assert response.status == 200
+        await wait_for(lambda: app.runners["m"].status.ready, timeout=30, message="ready")
+        async with http.get("/readyz") as response:
+            assert response.status == 200
+        url = f"http://127.0.0.1:{app.admin.port}"
+        assert await asyncio.to_thread(cli, ["status", "--url", url]) == 1
+        assert "admin token" in capsys.readouterr().err
+        assert await asyncio.to_thread(cli, ["status", "--url", url, "--token", "s3cret-t0ken"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["MAPPING", "STATE", "READY"]
+    assert table[1].split()[:3] == ["m", "Enabled", "yes"]
+
+
+async def test_sighup_reloads_a_running_process(kafka_bootstrap: str, tmp_path: Path) -> None:
+    first, second = unique_name("ops-hup-a"), unique_name("ops-hup-b")
+    await create_topic(kafka_bootstrap, first)
+    await create_topic(kafka_bootstrap, second)
+    log, path = tmp_path / "handled.jsonl", tmp_path / "poller.yaml"
+    path.write_text(config_text(kafka_bootstrap, log, mapping("a", first)))
+    process = spawn_poller(path, {})
+    try:
+        await produce(kafka_bootstrap, first, [(0, None, "a0", None)])
+        await wait_for(lambda: handled(log), timeout=60, message="a handles")
+        path.write_text(config_text(kafka_bootstrap, log, mapping("a", first) + mapping("b", second)))
+        process.send_signal(signal.SIGHUP)
+        await produce(kafka_bootstrap, second, [(0, None, "b0", None)])
+        await wait_for(lambda: any(r[0] == second for r in handled(log)), timeout=60, message="b handles")
+        process.send_signal(signal.SIGTERM)
+        assert await wait_exit(process, 30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
