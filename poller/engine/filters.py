@@ -287,7 +287,16 @@ class FilterCriteria:
 
     def matches_record(self, payload: Mapping[str, Any], field: FilterField) -> bool:
         """Whether the event record ``payload`` of a source whose data field is ``field`` matches."""
-        return not self.patterns or self.matches(self.view(payload, field))
+        if not self.patterns:
+            return True
+        decode = self._decode.get(field.name)
+        if decode is None:
+            decode = self._decode[field.name] = any(p.uses(field.name) for p in self.patterns)
+        if not decode:
+            # No rule looks at the data field: the record itself is what the patterns see (no view
+            # to build, and no plain-text rules to apply).
+            return self.matches(payload[field.within] if field.within is not None else payload)
+        return self.matches(self.view(payload, field))
 
     def split(self, records: Sequence[Record], field: FilterField) -> tuple[list[Record], list[Record]]:
         """The records that match, and those that match no pattern, each in their order."""
