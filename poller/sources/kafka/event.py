@@ -60,6 +60,8 @@ def to_records(messages: Sequence[Any], lane: str) -> list[Record]:
             "value": encoded,
             "headers": headers,
         }
+        if value is None:  # a tombstone: AWS leaves the value out
+            del payload["value"]
         if key is not None:
             payload["key"] = encoded_key = encode(key)
             size += len(encoded_key)

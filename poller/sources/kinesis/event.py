@@ -70,6 +70,9 @@ def to_record(
         "awsRegion": region,
         "eventSourceARN": stream_arn,
     }
+    encryption = raw.get("EncryptionType")
+    if encryption is not None:  # NONE or KMS, where Kinesis says (Lambda passes it on)
+        payload["kinesis"]["encryptionType"] = encryption
     size = _RECORD_OVERHEAD + len(data) + len(key) + 2 * (len(sequence) + len(shard_id))
     size += len(role_arn) + len(region) + len(stream_arn)
     return Record(

@@ -96,9 +96,9 @@ def to_record(message: dict[str, Any], queue: QueueInfo, lane: str) -> Record:
             name: message_attribute(value) for name, value in message.get("MessageAttributes", {}).items()
         },
     }
-    if "MD5OfMessageAttributes" in message:  # present only when the message has attributes
-        payload["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
     payload.update(
+        # null when the message has no attributes, as Lambda sends it
+        md5OfMessageAttributes=message.get("MD5OfMessageAttributes"),
         md5OfBody=message["MD5OfBody"],
         eventSource="aws:sqs",
         eventSourceARN=queue.arn,
