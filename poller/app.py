@@ -23,6 +23,7 @@ from poller.observability.tracing import Telemetry, configure_tracing, flush_tra
 from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
 from poller.sources import build_source
+from poller.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections 
 
 
 class App:
-    """Everything one config file describes, wired together. Building it imports every handler."""
+    """Everything one config file describes, wired together. Building it imports every inline
+    handler; running it starts every function's environments (the provisioned ones before the
+    mappings) and stops them all after the mappings drained."""
 
     def __init__(
         self,
@@ -65,7 +68,9 @@ class App:
             )
             for name, mapping in enabled.items()
         }
-        self.admin = AdminServer(config.admin.host, config.admin.port, self.runners, self.telemetry.registry)
+        self.admin = AdminServer(
+            config.admin.host, config.admin.port, self.runners, self.telemetry.registry, self.functions
+        )
         self.stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -75,14 +80,30 @@ class App:
         """Run until :meth:`stop`, then drain and return. A mapping that cannot start (an unknown
         topic) raises, after the others were stopped."""
         await self.admin.start()
-        log.info("poller running %d mapping(s): %s", len(self.runners), ", ".join(self.runners) or "none")
         try:
-            async with asyncio.TaskGroup() as tasks:
-                for name, runner in self.runners.items():
-                    tasks.create_task(runner.run(), name=f"mapping:{name}")
-                await self.stopping.wait()
-                for runner in self.runners.values():
-                    runner.stop()
+            async with asyncio.TaskGroup() as functions:
+                try:
+                    # Provisioned environments are initialised before any mapping polls, so
+                    # /readyz turns true only once they are there.
+                    async with asyncio.TaskGroup() as starting:
+                        for name, function in self.functions.items():
+                            owned = BackgroundTasks(functions, f"function {name}")
+                            starting.create_task(function.start(owned), name=f"start function:{name}")
+                    log.info(
+                        "poller running %d mapping(s): %s",
+                        len(self.runners),
+                        ", ".join(self.runners) or "none",
+                    )
+                    async with asyncio.TaskGroup() as tasks:
+                        for name, runner in self.runners.items():
+                            tasks.create_task(runner.run(), name=f"mapping:{name}")
+                        await self.stopping.wait()
+                        for runner in self.runners.values():
+                            runner.stop()
+                finally:
+                    # After the mappings drained: what they still invoke is abandoned anyway.
+                    for function in self.functions.values():
+                        await function.close()
         finally:
             for destination in self.destinations.values():
                 await destination.close()

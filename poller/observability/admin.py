@@ -1,4 +1,7 @@
-"""Admin HTTP endpoints (aiohttp): /healthz, /readyz, /metrics and /mappings."""
+"""Admin HTTP endpoints (aiohttp): /healthz, /readyz, /metrics and /mappings.
+
+``/readyz`` is true once every enabled mapping polls and every function is started (its
+provisioned environments initialised)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from collections.abc import Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from poller.observability.metrics import RunnerCollector, lag_of
+from poller.observability.metrics import FunctionCollector, RunnerCollector, lag_of
+from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
 from poller.sources import Lagging
 
@@ -19,13 +23,20 @@ class AdminServer:
     """Serves the state of the runners; started before them, stopped after them."""
 
     def __init__(
-        self, host: str, port: int, runners: Mapping[str, MappingRunner], registry: CollectorRegistry
+        self,
+        host: str,
+        port: int,
+        runners: Mapping[str, MappingRunner],
+        registry: CollectorRegistry,
+        functions: Mapping[str, FunctionRuntime] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.runners = runners
+        self.functions = functions or {}
         self.registry = registry
         registry.register(RunnerCollector(runners))
+        registry.register(FunctionCollector(self.functions))
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -55,8 +66,11 @@ class AdminServer:
             for name, runner in self.runners.items()
             if not runner.status.ready
         }
-        body = {"ready": not not_ready, "mappings": not_ready}
-        return web.json_response(body, status=200 if not not_ready else 503)
+        starting = [name for name, function in self.functions.items() if not function.ready]
+        body: dict[str, object] = {"ready": not not_ready and not starting, "mappings": not_ready}
+        if starting:
+            body["functions"] = {name: "initialising provisioned environments" for name in starting}
+        return web.json_response(body, status=200 if body["ready"] else 503)
 
     async def _mappings(self, request: web.Request) -> web.Response:
         return web.json_response(

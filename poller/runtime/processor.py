@@ -174,7 +174,9 @@ class BatchProcessor:
         counts.in_flight += 1
         try:
             with self.telemetry.attempt(self.info, batch) as attempt:
-                result = await self.function.invoke(self.source.format.event(batch.records), fresh=True)
+                result = await self.function.invoke(
+                    self.source.format.event(batch.records), fresh=True, report=attempt
+                )
                 attempt.outcome = outcome_of(
                     result,
                     report_batch_item_failures=self.mapping.report_batch_item_failures,
