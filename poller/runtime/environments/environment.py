@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 INIT_TIMEOUT = 10.0  # seconds, Lambda's limit for an on-demand init
 MEMORY_SAMPLE_INTERVAL = 0.05  # seconds between looks at a busy environment's memory
-STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when an environment is stopped
+STOP_GRACE = 2.0
+TOO_LARGE = "Function.ResponseSizeTooLarge"  # seconds between SIGTERM and SIGKILL when an environment is stopped
 
 
 class State(enum.Enum):
@@ -211,9 +212,12 @@ class Environment:
         fatal = True  # the environment ended, or must: it is killed
         if answer_future.done() and not answer_future.cancelled():
             answer = answer_future.result()
-            fatal = peak > self._limit  # between two samples, but the kernel saw it
-            if fatal:
+            if peak > self._limit:  # between two samples, but the kernel saw it
                 answer = self._out_of_memory(peak)
+            else:
+                # After a 413 AWS's Python client exits, so Lambda resets the environment: so does
+                # poller, or the next invocation would meet a runtime on its way out.
+                fatal = isinstance(answer, InvocationError) and answer.error_type == TOO_LARGE
         elif process.exited.done():
             answer = self._exit_error(process.exited.result())
         elif end == "memory":
