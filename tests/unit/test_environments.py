@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -53,11 +55,12 @@ async def started(name: str = "fn", **settings: Any) -> AsyncIterator[FunctionRu
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
         return False
-    return True
+    return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
 async def test_a_python_handler_sees_lambdas_context_and_variables_in_its_own_process() -> None:
@@ -332,3 +335,32 @@ def test_validate_checks_what_it_can_without_running_code(tmp_path: Path) -> Non
     assert check("provided", "x", str(tmp_path)) == [
         ("code", f"{tmp_path / 'bootstrap'} is not executable (chmod +x)")
     ]
+
+
+def test_poller_invoke_prints_a_decimal_result_and_stops_its_environment(tmp_path: Path) -> None:
+    record = tmp_path / "seen.jsonl"
+    settings = {
+        "functions": {
+            "fn": {
+                "runtime": PYTHON,
+                "code": str(PYTHON_CODE),
+                "handler": "envfn.total",
+                "environment": {"RECORD_FILE": str(record)},
+            }
+        }
+    }
+    path = tmp_path / "poller.yaml"
+    path.write_text(json.dumps(settings))
+    event = {"amounts": ["12.25", "0.25"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "poller", "invoke", "fn", "-c", str(path)],
+        input=json.dumps(event),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '{"total": 12.50, "7": "seven"}', "as the Python runtime serialised it"
+    [pid] = [int(line) for line in record.read_text().split()]
+    assert not alive(pid), "poller invoke stopped the environment before it exited"
