@@ -19,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from support import wait_for
 
-from poller.config import Function
+from poller.config import Function, load_config
 from poller.engine.outcome import InvocationError
+from poller.errors import ConfigError
+from poller.observability.metrics import FunctionCollector
+from poller.runtime.environments.pool import FunctionStartError
 from poller.runtime.environments.runtimes import check
 from poller.runtime.function import FunctionRuntime
 from poller.tasks import BackgroundTasks
@@ -364,3 +368,59 @@ def test_poller_invoke_prints_a_decimal_result_and_stops_its_environment(tmp_pat
     assert done.stdout.strip() == '{"total": 12.50, "7": "seven"}', "as the Python runtime serialised it"
     [pid] = [int(line) for line in record.read_text().split()]
     assert not alive(pid), "poller invoke stopped the environment before it exited"
+
+
+async def test_a_provisioned_environment_that_fails_its_init_stops_the_start() -> None:
+    with pytest.raises(ExceptionGroup) as raised:  # through the TaskGroup of started()
+        async with started(handler="broken_at_import.handler", provisioned_concurrent_executions=2):
+            pytest.fail("the function started")
+    [error] = raised.value.exceptions
+    assert isinstance(error, FunctionStartError)
+    assert str(error) == (
+        "function fn: a provisioned environment failed its init: RuntimeError: the module's code failed at import"
+    )
+
+
+async def test_metrics_count_cold_starts_init_durations_and_environments() -> None:
+    registry = CollectorRegistry()
+    async with started(handler="envfn.slow", provisioned_concurrent_executions=1) as function:
+        registry.register(FunctionCollector({"fn": function}))
+        await asyncio.gather(*(function.invoke({"seconds": 0.1}) for _ in range(2)))
+        text = generate_latest(registry).decode()
+    assert 'poller_function_cold_starts_total{function="fn"} 1.0' in text, "one beyond the provisioned one"
+    assert 'poller_function_init_duration_seconds_count{function="fn"} 2.0' in text
+    assert 'poller_function_init_failures_total{function="fn"} 0.0' in text
+    assert 'poller_function_environments{function="fn",state="busy"} 0.0' in text
+    assert 'poller_function_environments{function="fn",state="idle"} 2.0' in text
+    assert 'poller_function_provisioned_environments{function="fn"} 1.0' in text
+
+
+def test_validate_reports_environment_functions_by_key_and_lets_them_share_variable_names(
+    tmp_path: Path,
+) -> None:
+    functions = {
+        "fn": {
+            "runtime": PYTHON,
+            "code": str(PYTHON_CODE),
+            "handler": "envfn.describe",
+            "environment": {"TABLE": "a"},
+        },
+        "other": {
+            "runtime": PYTHON,
+            "code": str(PYTHON_CODE),
+            "handler": "envfn.slow",
+            "environment": {"TABLE": "b"},
+        },
+        "node": {"runtime": "nodejs20.x", "code": str(FIXTURES / "node"), "handler": "index.handler"},
+    }
+    good = tmp_path / "good.yaml"
+    good.write_text(json.dumps({"functions": functions}))
+    assert set(load_config(good, environ={}).functions) == {"fn", "other", "node"}
+    functions["fn"]["handler"] = "nowhere.handler"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({"functions": functions}))
+    with pytest.raises(ConfigError) as raised:
+        load_config(bad, environ={})
+    assert raised.value.problems == [
+        f"{bad}:1: functions.fn.handler: no module 'nowhere' under {PYTHON_CODE}, on PYTHONPATH or installed"
+    ]
