@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 VARIABLES = (
+    "_X_AMZN_TRACE_ID",
     "AWS_LAMBDA_FUNCTION_NAME",
     "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
     "AWS_LAMBDA_INITIALIZATION_TYPE",

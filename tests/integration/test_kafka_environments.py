@@ -20,6 +20,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support import (
     INTEGRATION,
     KAFKA_TEST_GROUP_SETTINGS,
@@ -36,6 +39,7 @@ from support import (
 )
 
 from poller.config import Config
+from poller.observability.tracing import Telemetry
 
 pytestmark = pytest.mark.kafka
 
@@ -307,7 +311,10 @@ async def test_an_async_handler_runs_in_an_environment_on_one_event_loop(
         maximum_batching_window_in_seconds=0.2,
     )
     recorded = Recorded(tmp_path / "seen.jsonl")
-    async with running(config):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with running(config, telemetry=Telemetry(tracer_provider=provider)):
         await wait_for(
             lambda: committed_is(kafka_bootstrap, config, topic, {0: 4}), timeout=60, message="committed"
         )
@@ -317,6 +324,21 @@ async def test_an_async_handler_runs_in_an_environment_on_one_event_loop(
         "one partition, one batch at a time: one environment"
     )
     assert len({batch["loop"] for batch in batches}) == 1
+    # The invocation spans: a cold start, then warm ones; their ids are the handler's request ids,
+    # and the handler saw its own span as the X-Ray trace header.
+    spans = sorted(
+        (s for s in exporter.get_finished_spans() if s.name == "invoke fn"), key=lambda s: s.start_time or 0
+    )
+    assert len(spans) == len(batches)
+    by_id = {batch["request_id"]: batch for batch in batches}
+    for index, span in enumerate(spans):
+        assert span.attributes is not None
+        assert span.attributes["faas.coldstart"] is (index == 0)
+        batch = by_id[str(span.attributes["faas.invocation_id"])]
+        trace_id = f"{span.context.trace_id:032x}"
+        assert batch["env"]["_X_AMZN_TRACE_ID"] == (
+            f"Root=1-{trace_id[:8]}-{trace_id[8:]};Parent={span.context.span_id:016x};Sampled=1"
+        )
 
 
 async def test_awslambdaric_started_by_a_custom_runtime_bootstrap(

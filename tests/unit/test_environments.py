@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, generate_latest
 from support import wait_for
 
@@ -26,6 +27,7 @@ from poller.config import Function, load_config
 from poller.engine.outcome import InvocationError
 from poller.errors import ConfigError
 from poller.observability.metrics import FunctionCollector
+from poller.runtime.environments import environment as environment_module
 from poller.runtime.environments.pool import FunctionStartError
 from poller.runtime.environments.runtimes import check
 from poller.runtime.function import FunctionRuntime
@@ -424,3 +426,30 @@ def test_validate_reports_environment_functions_by_key_and_lets_them_share_varia
     assert raised.value.problems == [
         f"{bad}:1: functions.fn.handler: no module 'nowhere' under {PYTHON_CODE}, on PYTHONPATH or installed"
     ]
+
+
+async def test_an_init_past_its_limit_is_killed_and_fails_the_invocation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(environment_module, "INIT_TIMEOUT", 0.5)  # Lambda's 10 s, shorter for the test
+    async with started(handler="slow_at_import.handler") as function:
+        result = await function.invoke({})
+        assert function.pool is not None
+        assert function.pool.environments() == []
+    assert isinstance(result, InvocationError)
+    assert (result.error_type, result.message) == ("Sandbox.Timedout", "Init timed out after 0.50 seconds")
+
+
+async def test_the_trace_context_reaches_the_handler_as_an_x_ray_header() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    async with started(handler="envfn.describe") as function:
+        with tracer.start_as_current_span("invoke") as span:
+            seen = await function.invoke({})
+        untraced = await function.invoke({})
+    context = span.get_span_context()
+    trace_id = f"{context.trace_id:032x}"
+    assert (
+        seen["env"]["_X_AMZN_TRACE_ID"]
+        == f"Root=1-{trace_id[:8]}-{trace_id[8:]};Parent={context.span_id:016x};Sampled=1"
+    )
+    assert untraced["env"]["_X_AMZN_TRACE_ID"] is None, "per invocation: not left over from the last one"
