@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 INIT_TIMEOUT = 10.0  # seconds, Lambda's limit for an on-demand init
 MEMORY_SAMPLE_INTERVAL = 0.05  # seconds between looks at a busy environment's memory
-STOP_GRACE = 2.0
-TOO_LARGE = "Function.ResponseSizeTooLarge"  # seconds between SIGTERM and SIGKILL when an environment is stopped
+STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when an environment is stopped
+TOO_LARGE = "Function.ResponseSizeTooLarge"
 
 
 class State(enum.Enum):
@@ -132,6 +132,8 @@ class Environment:
         except asyncio.CancelledError:
             await self._discard()
             raise
+        finally:
+            self.output.end()  # what it prints while idle belongs to nobody's batch
         if error is None:
             self.init_duration = time.monotonic() - started
             self.state = State.IDLE
@@ -148,6 +150,10 @@ class Environment:
     async def _start(self) -> InvocationError | None:
         api = self._api = RuntimeApi()
         spec = self.spec
+        try:
+            address = await api.start()
+        except OSError as exc:
+            return InvocationError("Sandbox.Failure", f"cannot listen for the Runtime API: {exc}")
         env = variables(
             spec.launch,
             inherited=os.environ,
@@ -155,7 +161,7 @@ class Environment:
             function_name=spec.name,
             memory_size=spec.memory_size,
             region=spec.region,
-            api_address=await api.start(),
+            api_address=address,
             initialization_type="provisioned-concurrency" if self.provisioned else "on-demand",
             log_stream_name=self.log_stream_name,
         )

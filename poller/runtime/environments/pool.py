@@ -146,6 +146,7 @@ class EnvironmentPool:
             cold = environment is None
             if environment is None:
                 environment = self._new(provisioned=False)
+                self.stats.cold_starts += 1
                 error = await self._init(environment)
                 if error is not None:
                     return InvokeResult(
@@ -157,7 +158,6 @@ class EnvironmentPool:
                         0,
                         InvocationLog(invocation.request_id),
                     )
-                self.stats.cold_starts += 1
             try:
                 return await environment.invoke(invocation, cold_start=cold)
             finally:
