@@ -31,6 +31,7 @@ from poller.runtime.status import MappingStatus
 from poller.runtime.window_store import build_window_store
 from poller.runtime.windows import window_group
 from poller.sources import build_source
+from poller.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,13 @@ GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections 
 
 
 class App:
-    """Everything one config file describes, wired together. Building it imports every handler.
+    """Everything one config file describes, wired together. Building it imports every inline
+    handler; running it starts every function's environments (the provisioned ones before the
+    mappings poll) and stops them after the mappings drained.
 
     ``runners`` holds a runner for every mapping of the config, enabled or not (a disabled one is
-    only shown); the admin server reads it, so it is changed in place."""
+    only shown), and ``functions`` every function; the admin server reads both, so they are
+    changed in place."""
 
     def __init__(
         self,
@@ -74,10 +78,13 @@ class App:
             self.telemetry.registry,
             controls=self,
             token=token,
+            functions=self.functions,
         )
         self.stopping = asyncio.Event()
         self._reload_wanted = asyncio.Event()
-        self._group: asyncio.TaskGroup | None = None
+        self._group: asyncio.TaskGroup | None = None  # the running mappings
+        self._function_group: asyncio.TaskGroup | None = None  # the functions' own tasks
+        self._retiring: BackgroundTasks | None = None  # functions a reload replaced, until idle
         self._tasks: dict[str, asyncio.Task[None]] = {}  # the running mappings' tasks
 
     def _runner(self, name: str, mapping: Mapping, status: MappingStatus | None = None) -> MappingRunner:
@@ -120,6 +127,27 @@ class App:
         """Run until :meth:`stop`, then drain and return. A mapping that cannot start (an unknown
         topic) raises, after the others were stopped."""
         await self.admin.start()
+        try:
+            async with asyncio.TaskGroup() as functions:
+                self._function_group = functions
+                self._retiring = BackgroundTasks(functions, "retiring functions")
+                try:
+                    # Provisioned environments are initialised before any mapping polls, so
+                    # /readyz turns true only once they are there.
+                    await self._start_functions(list(self.functions.values()))
+                    await self._run_mappings()
+                finally:
+                    # After the mappings drained: what they still invoke is abandoned anyway.
+                    await self._retiring.close()
+                    for function in self.functions.values():
+                        await function.close()
+                    self._function_group = None
+        finally:
+            for destination in self.destinations.values():
+                await destination.close()
+            await self.admin.close()
+
+    async def _run_mappings(self) -> None:
         enabled = [name for name, runner in self.runners.items() if runner.mapping.enabled]
         log.info("poller running %d mapping(s): %s", len(enabled), ", ".join(enabled) or "none")
         try:
@@ -136,9 +164,15 @@ class App:
                     runner.stop()
         finally:
             self._group = None
-            for destination in self.destinations.values():
-                await destination.close()
-            await self.admin.close()
+
+    async def _start_functions(self, functions: list[FunctionRuntime]) -> None:
+        """Start functions at once (their provisioned environments); raises an ExceptionGroup of
+        FunctionStartError if one cannot start."""
+        assert self._function_group is not None, "functions start while the app runs"
+        async with asyncio.TaskGroup() as starting:
+            for function in functions:
+                owned = BackgroundTasks(self._function_group, f"function {function.name}")
+                starting.create_task(function.start(owned), name=f"start function:{function.name}")
 
     # --- one mapping at run time -----------------------------------------------------------------
 
@@ -187,15 +221,21 @@ class App:
                 log.error("reload rejected, the running config stays: %s", problem)
             return False
         changes = diff(self.config, new)
+        fresh = await self._new_functions(
+            new, changes.functions_changed | (set(new.functions) - set(self.functions))
+        )
+        if fresh is None:
+            return False
         if changes.admin_changed:
             log.warning("reload: the admin settings changed; they take effect at the next start")
         self.config = new
-        for name in changes.functions_changed | (set(new.functions) - set(self.functions)):
-            self.functions[name] = FunctionRuntime(name, new.functions[name])
+        retired = [self.functions[name] for name in fresh if name in self.functions]
+        retired += [self.functions.pop(name) for name in set(self.functions) - set(new.functions)]
+        self.functions.update(fresh)
         for name in changes.unchanged:
             # A function that changed is swapped under the running mapping: in-flight invocations
             # finish on the old one, the next ones use the new one.
-            self.runners[name].processor.function = self.functions[new.mappings[name].function_name]
+            self.runners[name].swap_function(self.functions[new.mappings[name].function_name])
         self.destinations = {name: d for name, d in self.destinations.items() if name in new.destinations}
         await asyncio.gather(*(self._stop(name) for name in changes.removed | changes.changed))
         for name in changes.removed:
@@ -205,6 +245,9 @@ class App:
             self.runners[name] = self._runner(name, new.mappings[name], old.status if old else None)
             if new.mappings[name].enabled:
                 self._start(name)
+        assert self._retiring is not None
+        for function in retired:
+            self._retiring.spawn(function.retire(), function.name)
         log.info(
             "reloaded %s: %d mapping(s) started, %d restarted, %d stopped, %d unchanged",
             self.config_path,
@@ -214,6 +257,25 @@ class App:
             len(changes.unchanged),
         )
         return True
+
+    async def _new_functions(
+        self, config: Config, names: set[str] | frozenset[str]
+    ) -> dict[str, FunctionRuntime] | None:
+        """The functions a reload adds or changes, started; None, with every error logged, if
+        one of them cannot start (a handler that does not import, a provisioned environment
+        whose init fails)."""
+        fresh: dict[str, FunctionRuntime] = {}
+        try:
+            for name in sorted(names):
+                fresh[name] = FunctionRuntime(name, config.functions[name])
+            await self._start_functions(list(fresh.values()))
+        except (PollerError, ExceptionGroup) as exc:
+            for error in _leaves(exc):
+                log.error("reload rejected, the running config stays: %s", error)
+            for function in fresh.values():
+                await function.close()
+            return None
+        return fresh
 
 
 async def serve(app: App) -> None:

@@ -7,11 +7,16 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from poller.errors import ConfigError, HandlerLoadError
+from poller.errors import ConfigError, HandlerLoadError, PollerError
+
+if TYPE_CHECKING:
+    from poller.engine.outcome import InvocationError
+    from poller.runtime.environments.api import Response
+    from poller.runtime.function import FunctionRuntime
 
 log = logging.getLogger("poller")
 
@@ -131,12 +136,42 @@ def _invoke(path: str, name: str, event_path: str) -> int:
     except HandlerLoadError as exc:
         print(f"{path}: functions.{name}.handler: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    result: Any = asyncio.run(runtime.invoke(event))
-    if isinstance(result, InvocationError):
-        print(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+    except PollerError as exc:  # the runtime cannot start here
+        print(f"{path}: functions.{name}.runtime: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if runtime.pool is None:
+        result: Any = asyncio.run(runtime.invoke(event))
+        if isinstance(result, InvocationError):
+            print(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+            return EXIT_FAILURE
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    try:
+        answer = asyncio.run(_invoke_in_environment(runtime, raw))
+    except PollerError as exc:  # a provisioned environment failed its init
+        print(f"{path}: functions.{name}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    if isinstance(answer, InvocationError):
+        print(orjson.dumps(answer.to_json(), option=orjson.OPT_INDENT_2).decode())
+        return EXIT_FAILURE
+    # The response exactly as the function's runtime serialised it (as `aws lambda invoke` writes it).
+    sys.stdout.write(answer.payload.decode("utf-8", "replace") + "\n")
     return EXIT_OK
+
+
+async def _invoke_in_environment(runtime: FunctionRuntime, payload: bytes) -> Response | InvocationError:
+    """Start the function, invoke it once, and stop its environments before returning."""
+    from poller.tasks import BackgroundTasks
+
+    async with asyncio.TaskGroup() as group:
+        tasks = BackgroundTasks(group, f"function {runtime.name}")
+        try:
+            await runtime.start(tasks)
+            result = await runtime.invoke_payload(payload)
+        finally:
+            await runtime.close()
+            await tasks.close()
+    return result.answer
 
 
 def _run(path: str, drain_timeout: float) -> int:

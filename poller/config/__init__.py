@@ -3,6 +3,7 @@
 errors (:mod:`~poller.config.loader`), and the JSON Schema exported from the models
 (:mod:`~poller.config.schema`, ``python -m poller.config.schema``)."""
 
+from poller.config.functions import DEFAULT_RUNTIME, Function, Runtime
 from poller.config.loader import default_config_path, load_config
 from poller.config.models import (
     Admin,
@@ -12,7 +13,6 @@ from poller.config.models import (
     DestinationConfig,
     DynamoDBCheckpoints,
     FileDestination,
-    Function,
     KafkaConnection,
     KafkaDestination,
     KafkaSource,
@@ -31,6 +31,7 @@ from poller.config.models import (
 )
 
 __all__ = [
+    "DEFAULT_RUNTIME",
     "Admin",
     "AwsConnection",
     "Config",
@@ -48,6 +49,7 @@ __all__ = [
     "RabbitMQConnection",
     "RabbitMQDestination",
     "RabbitMQSource",
+    "Runtime",
     "S3Destination",
     "ScalingConfig",
     "SnsDestination",

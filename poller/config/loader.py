@@ -21,8 +21,10 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from poller.config.models import Config, Function
+from poller.config.functions import Function
+from poller.config.models import Config
 from poller.errors import ConfigError, HandlerLoadError
+from poller.runtime.environments.runtimes import check
 from poller.runtime.handler import load_handler
 
 DEFAULT_CONFIG_PATH = "config/mappings.yaml"
@@ -54,8 +56,9 @@ def load_config(
     parsing; ``:-`` also replaces a variable that is set but empty, as in the shell. Whole-line
     comments are left alone, so a commented-out line may name a variable that is not set.
 
-    With ``check_handlers`` every function's handler is imported (with the function's
-    ``environment`` set while it imports), and the current working directory is added to
+    With ``check_handlers`` every inline function's handler is imported (with the function's
+    ``environment`` set while it imports), the files that the other functions need are looked
+    for, and the current working directory is added to
     ``sys.path`` for good, as Lambda puts the task root there: handlers are found in the working
     directory and on PYTHONPATH, at validation and at run time alike.
 
@@ -367,7 +370,9 @@ def _user_path(loc: tuple[str | int, ...], data: Any) -> tuple[KeyPath, bool]:
 
 
 def _handler_problems(data: dict[Any, Any]) -> list[tuple[KeyPath, str]]:
-    """Import every valid function's handler; report those that cannot be loaded."""
+    """Import every valid inline function's handler and report those that cannot be loaded; check
+    what can be checked of the others without running their code (their module or bootstrap is
+    there, their runtime can start here: :func:`poller.runtime.environments.runtimes.check`)."""
     functions = data.get("functions")
     if not isinstance(functions, dict):
         return []
@@ -377,6 +382,10 @@ def _handler_problems(data: dict[Any, Any]) -> list[tuple[KeyPath, str]]:
             function = Function.model_validate(entry)
         except ValidationError:
             continue  # already reported by the whole-config validation
+        if not function.inline:
+            found = check(function.effective_runtime, function.handler, function.code)
+            problems += [(("functions", str(name), key), message) for key, message in found]
+            continue
         try:
             with _environment(function.environment):
                 load_handler(function.handler)

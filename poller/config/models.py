@@ -12,24 +12,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from poller.config.base import Model as _Model
+from poller.config.functions import Function
 from poller.engine.filters import FILTER_FIELDS, MAX_FILTERS, FilterCriteria, FilterPatternError
 
-HANDLER_PATTERN = r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$"
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --- connections ---------------------------------------------------------------------------------
@@ -84,24 +73,6 @@ class AwsConnection(_Model):
 
 Connection = Annotated[KafkaConnection | RabbitMQConnection | AwsConnection, Field(discriminator="type")]
 ConnectionT = TypeVar("ConnectionT", KafkaConnection, RabbitMQConnection, AwsConnection)
-
-
-# --- functions -----------------------------------------------------------------------------------
-
-
-class Function(_Model):
-    handler: str = Field(
-        pattern=HANDLER_PATTERN,
-        description="module:callable (or Lambda's module.callable), called as handler(event, context).",
-    )
-    timeout: int = Field(
-        3, ge=1, le=900, description="Seconds; an invocation past it fails (Sandbox.Timedout)."
-    )
-    memory_size: int = Field(128, ge=128, le=10240, description="MB, reported in the context.")
-    environment: dict[str, str] = Field(default_factory=dict, description="Set for the handler.")
-    reserved_concurrent_executions: int | None = Field(
-        None, ge=0, description="At most this many concurrent invocations; 0 = throttled."
-    )
 
 
 # --- destinations --------------------------------------------------------------------------------
@@ -469,10 +440,12 @@ class Config(_Model):
                 )
         seen_env: dict[str, tuple[str, str]] = {}
         for fname, function in self.functions.items():
+            if not function.inline:
+                continue  # each environment has its own variables
             for key, value in function.environment.items():
                 other = seen_env.setdefault(key, (fname, value))
                 if other[1] != value:
-                    # Handlers share one process, so one variable cannot hold two values.
+                    # Inline handlers share one process, so one variable cannot hold two values.
                     errors.append(
                         (
                             ("functions", fname, "environment", key),

@@ -1,8 +1,10 @@
 """Admin HTTP endpoints (aiohttp): /healthz, /readyz, /metrics, /mappings, and the controls that
 act on a running poller (POST /reload, /mappings/NAME/enable and /mappings/NAME/disable).
 
-With ``admin.token`` every endpoint but /healthz and /readyz (which probes must reach without
-credentials) needs ``Authorization: Bearer <token>``, compared in constant time (SPEC section 16).
+``/readyz`` is true once every enabled mapping polls and every function is started (its
+provisioned environments initialised). With ``admin.token`` every endpoint but /healthz and
+/readyz (which probes must reach without credentials) needs ``Authorization: Bearer <token>``,
+compared in constant time (SPEC section 16).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from poller.engine.windows import state_size
-from poller.observability.metrics import RunnerCollector, lag_of
+from poller.observability.metrics import FunctionCollector, RunnerCollector, lag_of
+from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
 from poller.sources import Lagging
 
@@ -50,14 +53,17 @@ class AdminServer:
         *,
         controls: Controls | None = None,
         token: str | None = None,
+        functions: Mapping[str, FunctionRuntime] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.runners = runners
+        self.functions = functions or {}
         self.registry = registry
         self.controls = controls
         self._token = token.encode() if token else None
         registry.register(RunnerCollector(runners))
+        registry.register(FunctionCollector(self.functions))
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -104,8 +110,11 @@ class AdminServer:
             for name, runner in self.runners.items()
             if not runner.status.ready and runner.status.state not in ("Disabled", "Disabling")
         }
-        body = {"ready": not not_ready, "mappings": not_ready}
-        return web.json_response(body, status=200 if not not_ready else 503)
+        starting = [name for name, function in self.functions.items() if not function.ready]
+        body: dict[str, object] = {"ready": not not_ready and not starting, "mappings": not_ready}
+        if starting:
+            body["functions"] = {name: "initialising provisioned environments" for name in starting}
+        return web.json_response(body, status=200 if body["ready"] else 503)
 
     async def _mappings(self, request: web.Request) -> web.Response:
         return web.json_response(

@@ -18,8 +18,9 @@ from typing import Literal
 
 import orjson
 
-# Fields of every line about a mapping or a batch (also accepted through ``extra=``).
-CONTEXT_FIELDS = ("mapping", "batch_id", "trace_id")
+# Fields of every line about a mapping or a batch (also accepted through ``extra=``); a function's
+# own output adds its function, the request id of its invocation and the environment that printed it.
+CONTEXT_FIELDS = ("mapping", "batch_id", "trace_id", "function", "request_id", "environment")
 
 _mapping: contextvars.ContextVar[str | None] = contextvars.ContextVar("poller_mapping", default=None)
 _batch: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar("poller_batch", default=None)

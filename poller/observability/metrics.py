@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from poller.engine.windows import state_size
+from poller.runtime.environments.pool import INIT_BUCKETS
+from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
 from poller.sources import Lagging
 
@@ -97,3 +99,52 @@ class RunnerCollector(Collector):
                 size.add_metric([mapping, partition], state_size(window.state))
         yield count
         yield size
+
+
+class FunctionCollector(Collector):
+    """Reads each function's environment pool at scrape time: cold starts, init durations, and
+    how many environments are busy, idle and provisioned (functions that run inline have none)."""
+
+    def __init__(self, functions: Mapping[str, FunctionRuntime]) -> None:
+        self.functions = functions
+
+    def collect(self) -> Iterator[Metric]:
+        cold_starts = CounterMetricFamily(
+            "poller_function_cold_starts",
+            "Invocations that waited for a new environment's init.",
+            labels=["function"],
+        )
+        init_failures = CounterMetricFamily(
+            "poller_function_init_failures", "Environments whose init failed.", labels=["function"]
+        )
+        init = HistogramMetricFamily(
+            "poller_function_init_duration_seconds",
+            "Init (runtime start and module code) of each environment.",
+            labels=["function"],
+        )
+        environments = GaugeMetricFamily(
+            "poller_function_environments",
+            "Environments by state (busy or idle).",
+            labels=["function", "state"],
+        )
+        provisioned = GaugeMetricFamily(
+            "poller_function_provisioned_environments",
+            "Provisioned environments initialised and alive.",
+            labels=["function"],
+        )
+        for name, function in self.functions.items():
+            pool = function.pool
+            if pool is None:
+                continue
+            stats = pool.stats
+            cold_starts.add_metric([name], stats.cold_starts)
+            init_failures.add_metric([name], stats.init_failures)
+            cumulative, buckets = 0, []
+            for bound, count in zip([*map(str, INIT_BUCKETS), "+Inf"], stats.init_counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            init.add_metric([name], buckets, stats.init_seconds)
+            environments.add_metric([name, "busy"], pool.busy)
+            environments.add_metric([name, "idle"], pool.idle)
+            provisioned.add_metric([name], pool.provisioned_ready)
+        yield from (cold_starts, init_failures, init, environments, provisioned)

@@ -162,6 +162,10 @@ class Telemetry:
                     },
                 )
             span.set_attribute("poller.outcome", label)
+            if result.coldstart is not None:
+                span.set_attribute("faas.coldstart", result.coldstart)
+            if result.invocation_id is not None:
+                span.set_attribute("faas.invocation_id", result.invocation_id)
         self.invocation_duration.labels(info.mapping, label).observe(time.perf_counter() - started)
         self.batch_size.labels(info.mapping).observe(len(batch.records))
 
@@ -197,6 +201,8 @@ class BatchSpan:
 @dataclass
 class AttemptResult:
     outcome: Outcome | None = None
+    coldstart: bool | None = None  # faas.coldstart, as the function runtime reports it
+    invocation_id: str | None = None  # faas.invocation_id: the invocation's request id
 
 
 def trace_headers() -> dict[str, str]:
@@ -204,6 +210,20 @@ def trace_headers() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
+
+
+def xray_trace_header() -> str | None:
+    """The current span as an X-Ray trace header (``Root=1-<8 hex>-<24 hex>;Parent=<16 hex>;
+    Sampled=<0|1>``), which Lambda hands a function in ``Lambda-Runtime-Trace-Id`` and its
+    runtimes put in ``_X_AMZN_TRACE_ID``; None outside a valid span."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    trace_id = trace.format_trace_id(context.trace_id)
+    return (
+        f"Root=1-{trace_id[:8]}-{trace_id[8:]};Parent={trace.format_span_id(context.span_id)};"
+        f"Sampled={1 if context.trace_flags.sampled else 0}"
+    )
 
 
 def producer_contexts(records: Sequence[Record], source_format: EventFormat) -> list[SpanContext]:

@@ -1,11 +1,16 @@
-"""The function runtime: load ``module:callable``, build Lambda's context, invoke with the timeout.
+"""The function runtime: one configured function, invoked as Lambda invokes it (SPEC sections 5, 12).
 
-A handler is called exactly as on Lambda, ``handler(event, context)``. Async handlers run on the
-event loop; sync handlers run on a thread of their own, so a slow or hung one never blocks the loop
-(a thread cannot be killed: one past its timeout is abandoned and logged, and the invocation fails).
+A function runs in execution environments (:mod:`poller.runtime.environments`): processes that
+speak the Lambda Runtime API, one invocation at a time each, isolated from poller and from each
+other. ``runtime: inline`` instead imports the handler into poller's own process (for trusted
+handlers that want the last microsecond): async handlers run on the event loop, sync handlers on a
+thread of their own, so a slow or hung one never blocks the loop (a thread cannot be killed: one
+past its timeout is abandoned and logged, and the invocation fails).
+
 The handler owns its event, as on Lambda, so a handler that mutates it cannot change what is
 retried or dead-lettered: the engine builds a new event for every invocation (``fresh=True``),
-and any other event is handed over as a JSON copy.
+and any other event is handed over as a JSON copy (in environments, the event crosses a process
+boundary as JSON anyway).
 """
 
 from __future__ import annotations
@@ -13,20 +18,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import os
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from poller.config import Function
 from poller.connections.aws import ACCOUNT_ID, default_region
 from poller.engine.outcome import InvocationError
+from poller.observability.tracing import xray_trace_header
+from poller.runtime.environments.api import Invocation, Response
+from poller.runtime.environments.environment import FunctionSpec, InvokeResult
+from poller.runtime.environments.logs import InvocationLog
+from poller.runtime.environments.pool import EnvironmentPool
+from poller.runtime.environments.runtimes import launch_of
 from poller.runtime.handler import load_handler
+from poller.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +69,52 @@ class LambdaContext:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
+class InvocationReport(Protocol):
+    """Where :meth:`FunctionRuntime.invoke` notes what the invocation span wants to know."""
+
+    coldstart: bool | None
+    invocation_id: str | None
+
+
 class FunctionRuntime:
-    """One configured function: its handler, its timeout and its concurrency limit.
+    """One configured function: its handler, its timeout, its concurrency limit, and (unless it
+    is ``inline``) the pool of environments it runs in.
 
     ``invoke`` never raises for anything the handler does: it returns the handler's JSON-ready
-    result or an :class:`InvocationError`. Only cancellation propagates.
+    result or an :class:`InvocationError`. Only cancellation propagates. A function that runs in
+    environments must be started (:meth:`start`) before it is invoked and closed (:meth:`close`)
+    after; for an inline one both do nothing.
     """
 
     def __init__(self, name: str, config: Function, *, region: str | None = None) -> None:
+        """Raises HandlerLoadError (inline: the handler cannot be imported) or RuntimeUnavailable
+        (the runtime cannot start here)."""
         self.name = name
         self.config = config
         self.region = region or default_region()
         self.arn = f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{name}"
+        self._stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
+        self._started = False
+        self._first_inline = True
+        self.pool: EnvironmentPool | None = None
+        if not config.inline:
+            spec = FunctionSpec(
+                name,
+                self.arn,
+                launch_of(config.effective_runtime, config.handler, config.code),
+                config.memory_size,
+                config.timeout,
+                dict(config.environment),
+                self.region,
+            )
+            self.pool = EnvironmentPool(
+                spec,
+                reserved=config.reserved_concurrent_executions,
+                provisioned=config.provisioned_concurrent_executions,
+                idle_timeout=config.idle_timeout_in_seconds,
+            )
+            return
+        # Inline handlers share poller's process, and so its environment.
         for key, value in config.environment.items():
             os.environ[key] = value
         self._handler = load_handler(config.handler)
@@ -78,7 +125,31 @@ class FunctionRuntime:
         self._slots = asyncio.Semaphore(limit) if limit is not None else None
         if limit == 0:
             log.warning("function %s has reserved_concurrent_executions 0: it is throttled", name)
-        self._stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
+
+    @property
+    def ready(self) -> bool:
+        """Whether the function can be invoked: inline, or started (its provisioned environments
+        initialised)."""
+        return self.pool is None or self._started
+
+    async def start(self, tasks: BackgroundTasks) -> None:
+        """Initialise the provisioned environments; the pool's own tasks (replacing provisioned
+        environments, stopping idle ones) run in ``tasks``. Raises FunctionStartError when a
+        provisioned environment fails its init."""
+        if self.pool is not None:
+            await self.pool.start(tasks)
+        self._started = True
+
+    async def close(self) -> None:
+        """Stop every environment of the function (SIGTERM, then SIGKILL)."""
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def retire(self) -> None:
+        """Close the function once its invocations in flight have finished (a reload replaced
+        it: new invocations go to the new one)."""
+        if self.pool is not None:
+            await self.pool.retire()
 
     def new_context(self) -> LambdaContext:
         return LambdaContext(
@@ -92,23 +163,72 @@ class FunctionRuntime:
         )
 
     async def invoke(
-        self, event: dict[str, Any], context: LambdaContext | None = None, *, fresh: bool = False
+        self,
+        event: Any,
+        context: LambdaContext | None = None,
+        *,
+        fresh: bool = False,
+        report: InvocationReport | None = None,
     ) -> Any:
         """Run the handler once; return its result, or an InvocationError describing the failure.
 
         ``fresh``: the event was built of JSON values for this invocation alone (an
         ``EventFormat.event``), so the handler may have it as it is. Otherwise the handler gets a
-        JSON copy, which also refuses what JSON cannot carry, as Lambda's invoke API would."""
+        JSON copy, which also refuses what JSON cannot carry, as Lambda's invoke API would.
+        ``context`` gives the request id (and client context) to use; ``report`` gets the
+        invocation's id and whether it was a cold start."""
+        if self.pool is not None:
+            try:
+                payload = orjson.dumps(event)
+            except TypeError as exc:
+                return InvocationError("Runtime.MarshalError", f"event is not JSON: {exc}")
+            result = await self.invoke_payload(payload, context, report=report)
+            if isinstance(result.answer, Response):
+                return decode_response(result.answer.payload)
+            return result.answer
         if not fresh:
             try:
                 event = orjson.loads(orjson.dumps(event))
             except TypeError as exc:
                 return InvocationError("Runtime.MarshalError", f"event is not JSON: {exc}")
+        context = context or self.new_context()
+        if report is not None:
+            report.invocation_id = context.aws_request_id
+            report.coldstart = self._first_inline  # the handler was imported at start
+        self._first_inline = False
         if self._slots is None:
-            return await self._invoke(event, context or self.new_context())
+            return await self._invoke(event, context)
         async with self._slots:
             # The timeout runs from the start of the invocation, not from the wait for a slot.
-            return await self._invoke(event, context or self.new_context())
+            return await self._invoke(event, context)
+
+    async def invoke_payload(
+        self, payload: bytes, context: LambdaContext | None = None, *, report: InvocationReport | None = None
+    ) -> InvokeResult:
+        """Invoke a function that runs in environments with ``payload`` (JSON), as the Invoke API
+        does: the result has the response as the function's runtime serialised it, the
+        invocation's own log, its duration, its memory and whether it was a cold start."""
+        if self.pool is None:
+            result = await self.invoke(orjson.loads(payload), context, fresh=True, report=report)
+            request_id = report.invocation_id if report is not None and report.invocation_id else ""
+            if isinstance(result, InvocationError):
+                return InvokeResult(request_id, result, False, 0.0, None, 0, InvocationLog(request_id))
+            answer = Response(orjson.dumps(result), "application/json")
+            return InvokeResult(request_id, answer, False, 0.0, None, 0, InvocationLog(request_id))
+        invocation = Invocation(
+            request_id=context.aws_request_id if context is not None else str(uuid.uuid4()),
+            payload=payload,
+            deadline_ms=0,  # set by the environment when it takes the invocation
+            function_arn=self.arn,
+            trace_id=xray_trace_header(),
+            client_context=_json_header(context.client_context) if context is not None else None,
+        )
+        if report is not None:
+            report.invocation_id = invocation.request_id
+        result = await self.pool.invoke(invocation)
+        if report is not None:
+            report.coldstart = result.cold_start
+        return result
 
     async def _invoke(self, own_event: dict[str, Any], context: LambdaContext) -> Any:
         context.deadline = time.monotonic() + self.config.timeout
@@ -179,3 +299,26 @@ class _HandlerRaised(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def decode_response(payload: bytes) -> Any:
+    """A function's response as a value: JSON (as Python's runtime writes it: ``NaN``, integers
+    past 64 bits), else the text itself."""
+    if not payload:
+        return None
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(payload)
+        except ValueError:
+            return payload.decode("utf-8", "replace")
+
+
+def _json_header(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return None

@@ -193,7 +193,7 @@ class BatchProcessor:
                 event = self.source.format.event(batch.records)
                 if self.windows is not None:
                     event.update(self.windows.event_fields(lane))
-                result = await self.function.invoke(event, fresh=True)
+                result = await self.function.invoke(event, fresh=True, report=attempt)
                 attempt.outcome = outcome_of(
                     result,
                     report_batch_item_failures=self.mapping.report_batch_item_failures,

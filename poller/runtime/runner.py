@@ -68,7 +68,6 @@ class MappingRunner:
         self.name = name
         self.mapping = mapping
         self.source = source
-        self.function = function
         self.drain_timeout = drain_timeout
         self.status = status or MappingStatus()
         self.info = MappingInfo.of(name, mapping, source)
@@ -113,6 +112,15 @@ class MappingRunner:
         self._low_water = self._high_water // 2
 
     # --- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def function(self) -> FunctionRuntime:
+        """The function invoked; a reload may swap it (:meth:`swap_function`)."""
+        return self.processor.function
+
+    def swap_function(self, function: FunctionRuntime) -> None:
+        """Invoke ``function`` from the next invocation on; those in flight finish on the old one."""
+        self.processor.function = function
 
     def stop(self) -> None:
         """Stop polling; in-flight batches finish within the drain timeout, then the rest is abandoned."""

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import signal
+import sys
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +36,8 @@ from poller.config import load_config
 
 pytestmark = pytest.mark.kafka
 
+HERE = Path(__file__).parent
+
 
 def mapping(name: str, topic: str, **extra: Any) -> str:
     settings = {
@@ -54,17 +57,26 @@ def mapping(name: str, topic: str, **extra: Any) -> str:
 
 
 def config_text(
-    bootstrap: str, log: Path, mappings: str, *, admin: str = "{port: 0}", sleep: float = 0
+    bootstrap: str,
+    log: Path,
+    mappings: str,
+    *,
+    admin: str = "{port: 0}",
+    sleep: float = 0,
+    function: dict[str, Any] | None = None,
 ) -> str:
+    settings = {
+        "handler": "operations_handlers:record",
+        "environment": {"OPS_LOG": str(log), "OPS_SLEEP": str(sleep)},
+        **(function or {}),
+    }
     return (
         textwrap.dedent(
             f"""\
         connections:
           k: {{type: kafka, bootstrap_servers: "{bootstrap}"}}
         functions:
-          fn:
-            handler: operations_handlers:record
-            environment: {{OPS_LOG: "{log}", OPS_SLEEP: "{sleep}"}}
+          fn: {json.dumps(settings)}
         admin: {admin}
         mappings:
         """
@@ -138,6 +150,38 @@ async def test_a_reload_starts_a_new_mapping_keeps_the_unchanged_one_running_and
     gap = max(later - earlier for earlier, later in itertools.pairwise(times))
     # One record every 50 ms, a poll at least every 0.5 s and a batching window of 0.1 s.
     assert gap < 1.5, f"a paused for {gap:.2f} s during the reload"
+
+
+async def test_a_reload_that_changes_a_function_swaps_it_under_the_running_mapping(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = unique_name("ops-fn")
+    await create_topic(kafka_bootstrap, topic)
+    before, after, path = tmp_path / "before.jsonl", tmp_path / "after.jsonl", tmp_path / "poller.yaml"
+    runtime = {"runtime": f"python{sys.version_info.major}.{sys.version_info.minor}", "code": str(HERE)}
+    path.write_text(config_text(kafka_bootstrap, before, mapping("m", topic), sleep=1.0, function=runtime))
+    async with app_on(path) as app:
+        runner, old = app.runners["m"], app.functions["fn"]
+        assert old.pool is not None
+        await produce(kafka_bootstrap, topic, [(0, None, f"r{i}", None) for i in range(10)])
+        await wait_for(lambda: len(handled(before)) == 10, timeout=60, message="a batch in the handler")
+        assert old.pool.busy == 1
+        # A function whose provisioned environment cannot start is refused; the running one stays.
+        broken = {**runtime, "provisioned_concurrent_executions": 1, "handler": "operations_handlers:gone"}
+        path.write_text(config_text(kafka_bootstrap, after, mapping("m", topic), function=broken))
+        assert not await app.reload()
+        assert app.functions["fn"] is old
+        path.write_text(config_text(kafka_bootstrap, after, mapping("m", topic), function=runtime))
+        assert await app.reload()
+        assert app.runners["m"] is runner, "the mapping keeps running"
+        assert app.functions["fn"] is not old
+        assert runner.function is app.functions["fn"]
+        await produce(kafka_bootstrap, topic, [(0, None, f"r{i}", None) for i in range(10, 20)])
+        await wait_for(lambda: len(handled(after)) == 10, timeout=60, message="the new function handles")
+        # The batch in flight finished on the old function, whose environments then stopped.
+        assert len(handled(before)) == 10
+        await wait_for(lambda: not old.pool.environments(), timeout=30, message="old environments stopped")
+        await wait_for(lambda: runner.status.counts.succeeded == 20, timeout=30, message="all succeeded")
 
 
 async def test_a_disabled_mapping_finishes_its_batch_handles_nothing_then_catches_up(

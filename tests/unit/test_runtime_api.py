@@ -1,0 +1,232 @@
+"""The Runtime API of one environment, spoken to with plain HTTP requests: every answer it gives."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from poller.engine.outcome import InvocationError
+from poller.runtime.environments.api import (
+    MAX_RESPONSE_BYTES,
+    Invocation,
+    Response,
+    RuntimeApi,
+)
+
+BASE = "/2018-06-01/runtime"
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[RuntimeApi]:
+    server = RuntimeApi()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def http(api: RuntimeApi) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(f"http://{api.address}") as session:
+        yield session
+
+
+def invocation(request_id: str = "r-1", **fields: str) -> Invocation:
+    return Invocation(
+        request_id=request_id,
+        payload=b'{"hello": "world"}',
+        deadline_ms=1_700_000_000_000,
+        function_arn="arn:aws:lambda:us-east-1:000000000000:function:fn",
+        **fields,
+    )
+
+
+async def take(http: aiohttp.ClientSession) -> tuple[int, dict[str, str], bytes]:
+    async with http.get(f"{BASE}/invocation/next") as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+async def post(
+    http: aiohttp.ClientSession, path: str, body: bytes, **headers: str
+) -> tuple[int, dict[str, str]]:
+    # A file-like body: aiohttp warns about large bytes bodies, and warnings fail the tests.
+    async with http.post(f"{BASE}{path}", data=io.BytesIO(body), headers=headers) as response:
+        return response.status, json.loads(await response.read())
+
+
+async def test_next_waits_for_work_and_hands_it_over_with_lambdas_headers(
+    api: RuntimeApi, http: aiohttp.ClientSession
+) -> None:
+    waiting = asyncio.create_task(take(http))
+    await asyncio.wait_for(asyncio.shield(api.initialised), 5)  # the first /next ends init
+    assert not waiting.done()
+    answer = api.submit(invocation(trace_id="Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"))
+    status, headers, body = await asyncio.wait_for(waiting, 5)
+    assert status == 200
+    assert body == b'{"hello": "world"}'
+    assert headers["Lambda-Runtime-Aws-Request-Id"] == "r-1"
+    assert headers["Lambda-Runtime-Deadline-Ms"] == "1700000000000"
+    assert headers["Lambda-Runtime-Invoked-Function-Arn"].endswith(":function:fn")
+    assert headers["Lambda-Runtime-Trace-Id"].startswith("Root=1-5759e988-")
+    # Headers without a value are not sent at all.
+    assert "Lambda-Runtime-Client-Context" not in headers
+    assert "Lambda-Runtime-Cognito-Identity" not in headers
+    status, reply = await post(http, "/invocation/r-1/response", b'{"total": 12.50}')
+    assert (status, reply) == (202, {"status": "OK"})
+    assert await asyncio.wait_for(answer, 5) == Response(b'{"total": 12.50}', "application/octet-stream")
+
+
+async def test_work_submitted_before_next_is_taken_at_once(
+    api: RuntimeApi, http: aiohttp.ClientSession
+) -> None:
+    api.submit(
+        invocation(client_context='{"custom": {"a": 1}}', cognito_identity='{"cognitoIdentityId": "i"}')
+    )
+    status, headers, _ = await asyncio.wait_for(take(http), 5)
+    assert status == 200
+    assert json.loads(headers["Lambda-Runtime-Client-Context"]) == {"custom": {"a": 1}}
+    assert json.loads(headers["Lambda-Runtime-Cognito-Identity"]) == {"cognitoIdentityId": "i"}
+
+
+async def test_unknown_and_answered_request_ids_get_400(api: RuntimeApi, http: aiohttp.ClientSession) -> None:
+    api.submit(invocation())
+    await take(http)
+    assert await post(http, "/invocation/other/response", b"{}") == (
+        400,
+        {"errorMessage": "Invalid request ID", "errorType": "InvalidRequestID"},
+    )
+    assert (await post(http, "/invocation/r-1/response", b"1"))[0] == 202
+    assert (await post(http, "/invocation/r-1/response", b"2"))[0] == 400
+    assert (await post(http, "/invocation/r-1/error", b"{}"))[0] == 400
+
+
+async def test_an_answer_after_finish_gets_400(api: RuntimeApi, http: aiohttp.ClientSession) -> None:
+    api.submit(invocation())
+    await take(http)
+    api.finish()  # the environment gave up on it (a timeout)
+    assert (await post(http, "/invocation/r-1/response", b"{}"))[0] == 400
+
+
+async def test_a_response_over_six_mib_gets_413_and_fails_the_invocation(
+    api: RuntimeApi, http: aiohttp.ClientSession
+) -> None:
+    answer = api.submit(invocation())
+    await take(http)
+    status, reply = await post(http, "/invocation/r-1/response", b"x" * (MAX_RESPONSE_BYTES + 1))
+    assert status == 413
+    assert reply["errorType"] == "RequestEntityTooLarge"
+    error = await asyncio.wait_for(answer, 5)
+    assert isinstance(error, InvocationError)
+    assert error.error_type == "Function.ResponseSizeTooLarge"
+    assert f"({MAX_RESPONSE_BYTES + 1} bytes)" in error.message
+
+
+async def test_a_response_at_the_limit_is_accepted(api: RuntimeApi, http: aiohttp.ClientSession) -> None:
+    answer = api.submit(invocation())
+    await take(http)
+    assert (await post(http, "/invocation/r-1/response", b"x" * MAX_RESPONSE_BYTES))[0] == 202
+    result = await asyncio.wait_for(answer, 5)
+    assert isinstance(result, Response)
+    assert len(result.payload) == MAX_RESPONSE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "expected"),
+    [
+        (
+            b'{"errorMessage": "boom", "errorType": "ValueError", "stackTrace": ["  File x"]}',
+            {},
+            InvocationError("ValueError", "boom", ["  File x"]),
+        ),
+        (  # Node's client sends the stack as "trace"
+            b'{"errorMessage": "bad", "errorType": "TypeError", "trace": ["TypeError: bad", "    at f"]}',
+            {},
+            InvocationError("TypeError", "bad", ["TypeError: bad", "    at f"]),
+        ),
+        (
+            b"not json",
+            {"Lambda-Runtime-Function-Error-Type": "Custom.Error"},
+            InvocationError("Custom.Error", "not json"),
+        ),
+        (b"", {}, InvocationError("Runtime.Unknown", "")),
+    ],
+)
+async def test_an_error_gets_202_and_is_read_from_the_body(
+    api: RuntimeApi,
+    http: aiohttp.ClientSession,
+    body: bytes,
+    headers: dict[str, str],
+    expected: InvocationError,
+) -> None:
+    answer = api.submit(invocation())
+    await take(http)
+    assert await post(http, "/invocation/r-1/error", body, **headers) == (202, {"status": "OK"})
+    assert await asyncio.wait_for(answer, 5) == expected
+
+
+async def test_init_error_is_accepted_during_init_and_refused_after(api: RuntimeApi) -> None:
+    async with aiohttp.ClientSession(f"http://{api.address}") as http:
+        body = b'{"errorMessage": "Unable to import module", "errorType": "Runtime.ImportModuleError"}'
+        assert await post(http, "/init/error", body) == (202, {"status": "OK"})
+        failure = await asyncio.wait_for(asyncio.shield(api.init_failed), 5)
+        assert failure.error_type == "Runtime.ImportModuleError"
+        status, reply = await post(http, "/init/error", body)
+        assert status == 403
+        assert reply["errorType"] == "InvalidStateTransition"
+        # After a failed init the runtime may not ask for work either.
+        assert (await take(http))[0] == 403
+
+
+async def test_init_error_after_the_first_next_is_403(api: RuntimeApi, http: aiohttp.ClientSession) -> None:
+    api.submit(invocation())
+    await take(http)
+    status, reply = await post(http, "/init/error", b"{}")
+    assert (status, reply["errorType"]) == (403, "InvalidStateTransition")
+
+
+async def test_next_while_another_waits_or_before_answering_is_403(
+    api: RuntimeApi, http: aiohttp.ClientSession
+) -> None:
+    first = asyncio.create_task(take(http))
+    await asyncio.wait_for(asyncio.shield(api.initialised), 5)
+    async with aiohttp.ClientSession(f"http://{api.address}") as other:
+        assert (await take(other))[0] == 403
+        api.submit(invocation())
+        assert (await asyncio.wait_for(first, 5))[0] == 200
+        # The invocation is not answered yet: one at a time.
+        assert (await take(other))[0] == 403
+        with pytest.raises(RuntimeError, match="one invocation at a time"):
+            api.submit(invocation("r-2"))
+
+
+async def test_unknown_paths_get_404_and_wrong_methods_405(http: aiohttp.ClientSession) -> None:
+    async with http.get("/2018-06-01/runtime/invocation/r-1/nothing") as response:
+        assert response.status == 404
+    async with http.get("/2015-03-31/functions/fn/invocations") as response:
+        assert response.status == 404
+    async with http.post(f"{BASE}/invocation/next") as response:
+        assert response.status == 405
+    async with http.get(f"{BASE}/invocation/r-1/response") as response:
+        assert response.status == 405
+    async with http.get(f"{BASE}/init/error") as response:
+        assert response.status == 405
+
+
+async def test_close_ends_a_waiting_next() -> None:
+    api = RuntimeApi()
+    await api.start()
+    async with aiohttp.ClientSession(f"http://{api.address}") as http:
+        waiting = asyncio.create_task(take(http))
+        await asyncio.wait_for(asyncio.shield(api.initialised), 5)
+        await api.close()
+        try:
+            status = (await asyncio.wait_for(waiting, 5))[0]
+        except aiohttp.ClientError:
+            status = None  # the connection went away: the runtime exits either way
+        assert status in (410, None)
