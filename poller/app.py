@@ -203,6 +203,7 @@ class App:
             return self.runners[name].status.state
         old = self.runners[name]
         self.runners[name] = self._runner(name, old.mapping.model_copy(update={"enabled": True}), old.status)
+        self.runners[name].status.state = "Enabling"
         self._start(name)
         return self.runners[name].status.state
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 # As AWS names an event source mapping's State (UpdateEventSourceMapping); Failed is poller's own,
 # for a mapping that stopped on an error it cannot heal from.
-MappingState = Literal["Creating", "Connecting", "Enabled", "Disabling", "Disabled", "Failed"]
+MappingState = Literal["Creating", "Enabling", "Connecting", "Enabled", "Disabling", "Disabled", "Failed"]
 
 
 @dataclass

@@ -207,6 +207,7 @@ async def test_a_disabled_mapping_finishes_its_batch_handles_nothing_then_catche
         assert len(handled(log)) == 10, "nothing handled while disabled"
         async with http.post("/mappings/m/enable") as response:
             assert response.status == 202
+            assert (await response.json())["state"] == "Enabling"
         await wait_for(lambda: len(handled(log)) == 20, timeout=60, message="caught up")
         # The counts go on across the restart of the mapping.
         await wait_for(lambda: app.runners["m"].status.counts.succeeded == 20, timeout=30, message="counts")
