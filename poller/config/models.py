@@ -10,71 +10,20 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from poller.config.base import ConfigModel as _Model
+
+# The connections section lives in its own module; its models are part of this one's interface.
+from poller.config.connections import AwsConnection as AwsConnection
+from poller.config.connections import Connection as Connection
+from poller.config.connections import KafkaConnection as KafkaConnection
+from poller.config.connections import RabbitMQConnection as RabbitMQConnection
 from poller.engine.filters import FILTER_FIELDS, MAX_FILTERS, FilterCriteria, FilterPatternError
 
 HANDLER_PATTERN = r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$"
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- connections ---------------------------------------------------------------------------------
-
-
-class KafkaConnection(_Model):
-    type: Literal["kafka"]
-    bootstrap_servers: str = Field(description="Comma-separated host:port list.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = None
-    ssl_cafile: str | None = None
-    client_id: str = "poller"
-
-    @model_validator(mode="after")
-    def _sasl_needs_credentials(self) -> KafkaConnection:
-        if self.security_protocol.startswith("SASL") and not (
-            self.sasl_mechanism and self.sasl_username and self.sasl_password
-        ):
-            raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password")
-        return self
-
-
-class RabbitMQConnection(_Model):
-    type: Literal["rabbitmq"]
-    url: str = Field(description="AMQP URL with credentials and virtual host.")
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        try:
-            parts.port  # noqa: B018 (parsing it is the check)
-        except ValueError as exc:
-            raise ValueError(f"not an AMQP URL: {exc}") from exc
-        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-            raise ValueError("must look like amqp://user:password@host:5672/vhost (or amqps://)")
-        return url
-
-
-class AwsConnection(_Model):
-    type: Literal["aws"]
-    region: str | None = Field(
-        None, description="Defaults to AWS_REGION / AWS_DEFAULT_REGION, else us-east-1."
-    )
-    endpoint_url: str | None = Field(None, description="One endpoint for every AWS service (an emulator).")
-    endpoint_urls: dict[str, str] = Field(
-        default_factory=dict, description="Per-service endpoints, e.g. {kinesis: URL}; override endpoint_url."
-    )
-
-
-Connection = Annotated[KafkaConnection | RabbitMQConnection | AwsConnection, Field(discriminator="type")]
 
 
 # --- functions -----------------------------------------------------------------------------------

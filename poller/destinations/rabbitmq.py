@@ -45,7 +45,7 @@ class RabbitMQDestination:
         connection = config.connections[settings.connection]
         assert isinstance(connection, RabbitMQConnection)
         self.name = name
-        self.url = connection.url
+        self.connection = connection
         self.exchange = settings.exchange
         self.routing_key = settings.routing_key
         self._connection: AbstractConnection | None = None
@@ -132,7 +132,7 @@ class RabbitMQDestination:
             else:
                 await self.close()
                 try:
-                    connection = await connect(self.url, f"poller destination {self.name}")
+                    connection = await connect(self.connection, f"poller destination {self.name}")
                 except SourceError as exc:
                     raise DestinationError(str(exc)) from exc
                 self._connection = connection

@@ -1,4 +1,8 @@
-"""Admin HTTP endpoints (aiohttp): /healthz, /readyz, /metrics and /mappings."""
+"""Admin HTTP endpoints (aiohttp): /healthz, /readyz, /metrics and /mappings.
+
+Errors shown here (``lastError``, the reasons on ``/readyz``) pass through
+:func:`poller.redaction.redact`: no password or URL credentials leave through the admin port.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from poller.engine.windows import state_size
 from poller.observability.metrics import RunnerCollector, lag_of
+from poller.redaction import redact
 from poller.runtime.runner import MappingRunner
 from poller.sources import Lagging
 
@@ -52,7 +57,7 @@ class AdminServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         not_ready = {
-            name: runner.status.last_error or runner.status.state
+            name: redact(runner.status.last_error or runner.status.state)
             for name, runner in self.runners.items()
             if not runner.status.ready
         }
@@ -65,7 +70,8 @@ class AdminServer:
                 name: {
                     "state": runner.status.state,
                     "ready": runner.status.ready,
-                    "lastError": runner.status.last_error,
+                    # Redacted again here: a last error may come from anywhere in a source.
+                    "lastError": redact(runner.status.last_error) if runner.status.last_error else None,
                     "sourceType": runner.mapping.source.type,
                     "function": runner.mapping.function_name,
                     "counts": runner.status.counts.as_dict(),
