@@ -92,15 +92,20 @@ async def connect(
             retriable=not (refusal_is_fatal and is_refused_handshake(exc)),
         ) from exc
     except AMQP_ERRORS as exc:
-        reason = _tls_cause(exc)
-        raise SourceError(f"cannot connect to RabbitMQ at {name}: {reason or repr(exc)}") from exc
+        cause = _tls_cause(exc)
+        if cause is None:
+            raise SourceError(f"cannot connect to RabbitMQ at {name}: {exc!r}") from exc
+        raise SourceError(
+            f"cannot connect to RabbitMQ at {name}: {tls_failure(cause)}",
+            retriable=not (refusal_is_fatal and is_refused_handshake(cause)),
+        ) from exc
 
 
-def _tls_cause(exc: BaseException) -> str | None:
-    """A TLS failure that aiormq wrapped into a connection error, in words."""
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error that aiormq wrapped into a connection error, if that is what it was."""
     for error in (exc, exc.__cause__, exc.__context__, *getattr(exc, "args", ())):
-        if isinstance(error, BaseException) and (reason := tls_failure(error)) is not None:
-            return reason
+        if isinstance(error, ssl.SSLError):
+            return error
     return None
 
 

@@ -361,7 +361,9 @@ async def test_rebalance_hands_partitions_over_without_loss(kafka_bootstrap: str
         async with running(config) as second:
             # Both members hold partitions: the group rebalanced while batches were in flight.
             await wait_for(
-                lambda: second.runners["m"].status.counts.invoked > 0, timeout=60, message="second member got work"
+                lambda: second.runners["m"].status.counts.invoked > 0,
+                timeout=60,
+                message="second member got work",
             )
             await wait_for(
                 lambda: len(set(handled(topic))) == 2000, timeout=120, message="everything handled"

@@ -148,7 +148,10 @@ async def _pipe_both_ways(
         with contextlib.suppress(OSError):
             sink.write_eof()
 
-    pumps = [asyncio.ensure_future(pump(reader, upstream)), asyncio.ensure_future(pump(upstream_reader, writer))]
+    pumps = [
+        asyncio.ensure_future(pump(reader, upstream)),
+        asyncio.ensure_future(pump(upstream_reader, writer)),
+    ]
     try:
         # One side closing ends the connection: a Kafka or AMQP connection is not half-closed.
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -220,7 +223,11 @@ class KafkaSaslFront(_Front):
                 if answer is None:
                     self.refused += 1
                     message = _encode_string("Authentication failed: invalid credentials")
-                    _respond(writer, correlation_id, _auth_body(SASL_AUTHENTICATION_FAILED, message, b"", api_version))
+                    _respond(
+                        writer,
+                        correlation_id,
+                        _auth_body(SASL_AUTHENTICATION_FAILED, message, b"", api_version),
+                    )
                     await writer.drain()
                     return
                 _respond(writer, correlation_id, _auth_body(0, b"\xff\xff", answer, api_version))
@@ -273,7 +280,11 @@ class _ScramExchange:
         signature = hmac.digest(stored_key, auth_message, self.hash)
         proof = base64.b64decode(fields["p"])
         recovered = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
-        if fields.get("r") != self.nonce or self.user not in self.users or self.hash(recovered).digest() != stored_key:
+        if (
+            fields.get("r") != self.nonce
+            or self.user not in self.users
+            or self.hash(recovered).digest() != stored_key
+        ):
             return None, None
         server_key = hmac.digest(self.salted, b"Server Key", self.hash)
         verifier = base64.b64encode(hmac.digest(server_key, auth_message, self.hash)).decode()
