@@ -94,7 +94,11 @@ async def connect(
     except AMQP_ERRORS as exc:
         cause = _tls_cause(exc)
         if cause is None:
-            raise SourceError(f"cannot connect to RabbitMQ at {name}: {exc!r}") from exc
+            hint = ""
+            if connection.tls and connection.ssl_certfile is None:
+                # TLS 1.3 reports a refused client certificate after the handshake, as a hang-up.
+                hint = " (if the broker requires a client certificate, set ssl_certfile)"
+            raise SourceError(f"cannot connect to RabbitMQ at {name}: {exc!r}{hint}") from exc
         raise SourceError(
             f"cannot connect to RabbitMQ at {name}: {tls_failure(cause)}",
             retriable=not (refusal_is_fatal and is_refused_handshake(cause)),

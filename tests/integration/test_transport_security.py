@@ -320,3 +320,35 @@ async def test_aws_verify_accepts_the_test_ca_refuses_others_and_can_be_turned_o
             await sqs.delete_queue(QueueUrl=url)
     finally:
         await terminator.close()
+
+
+@pytest.mark.rabbitmq
+async def test_rabbitmq_mutual_tls_presents_the_client_certificate(
+    amqp_url: str, certificates: Certificates
+) -> None:
+    parsed = urlsplit(amqp_url)
+    context = certificates.server_context(require_client_cert=True)
+    terminator = TlsTerminator((parsed.hostname or LOOPBACK, parsed.port or 5672), context)
+    port = await terminator.start()
+    url = amqps_url(amqp_url, port)
+    try:
+        with_certificate = RabbitMQConnection(
+            type="rabbitmq",
+            url=url,  # type: ignore[arg-type]
+            ssl_cafile=str(certificates.ca_file),
+            ssl_certfile=str(certificates.client_cert_file),
+        )
+        amqp = await connect(with_certificate, "transport test")
+        try:
+            channel = await amqp.channel()
+            assert not channel.is_closed
+        finally:
+            await close_quietly(amqp)
+        without = RabbitMQConnection(type="rabbitmq", url=url, ssl_cafile=str(certificates.ca_file))  # type: ignore[arg-type]
+        with pytest.raises(SourceError) as raised:
+            await connect(without, "transport test")
+        message = str(raised.value)
+        assert message.startswith("cannot connect to RabbitMQ at amqps://")
+        assert message.endswith("(if the broker requires a client certificate, set ssl_certfile)")
+    finally:
+        await terminator.close()
