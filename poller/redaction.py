@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import core_schema
+from pydantic_core import PydanticCustomError, core_schema
 
 MASK = "******"
 MIN_REDACTED_LENGTH = 4
@@ -123,11 +123,14 @@ class Secret:
     def __get_pydantic_core_schema__(
         cls, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        from_text = core_schema.no_info_after_validator_function(cls._from_text, core_schema.str_schema())
+        from_text = core_schema.no_info_before_validator_function(
+            _text_of, core_schema.no_info_after_validator_function(cls._from_text, core_schema.str_schema())
+        )
         return core_schema.json_or_python_schema(
             json_schema=from_text,
-            python_schema=core_schema.union_schema([core_schema.is_instance_schema(cls), from_text]),
-            serialization=core_schema.plain_serializer_function_ser_schema(str, when_used="json"),
+            python_schema=from_text,
+            # Masked in JSON; in Python (model_dump) the Secret itself, so that a dump validates back.
+            serialization=core_schema.plain_serializer_function_ser_schema(_serialize, info_arg=True),
         )
 
     @classmethod
@@ -139,6 +142,20 @@ class Secret:
     @classmethod
     def _from_text(cls, value: str) -> Secret:
         return cls(value)
+
+
+def _serialize(secret: Secret, info: core_schema.SerializationInfo) -> Any:
+    return str(secret) if info.mode_is_json() else secret
+
+
+def _text_of(value: Any) -> Any:
+    """What a secret field is given, as text: a Secret's value, or a string; a number is refused
+    with the fix (YAML reads an unquoted ``${VAR}`` of digits as a number)."""
+    if isinstance(value, Secret):
+        return value.reveal()
+    if isinstance(value, bool | int | float):
+        raise PydanticCustomError("secret_not_text", 'must be text: quote the value ("${VAR}")')
+    return value
 
 
 class SecretUrl(Secret):

@@ -184,3 +184,17 @@ def test_the_json_schema_marks_secrets() -> None:
     password = definitions["KafkaConnection"]["properties"]["sasl_password"]["anyOf"][0]
     assert password == {"type": "string", "format": "password", "writeOnly": True}
     assert definitions["RabbitMQConnection"]["properties"]["url"]["type"] == "string"
+
+
+def test_a_password_read_as_a_number_says_how_to_fix_it(tmp_path: Path) -> None:
+    path = tmp_path / "digits.yaml"
+    path.write_text(
+        "connections:\n"
+        "  kafka: {type: kafka, bootstrap_servers: k:9092, security_protocol: SASL_PLAINTEXT,\n"
+        "          sasl_mechanism: PLAIN, sasl_username: u, sasl_password: ${PIN}}\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={"PIN": "80417362"}, check_handlers=False)
+    assert raised.value.problems == [
+        f'{path}:3: connections.kafka.sasl_password: must be text: quote the value ("${{VAR}}")'
+    ]
