@@ -70,7 +70,7 @@ class App:
         self.runners: dict[str, MappingRunner] = {
             name: self._runner(name, mapping) for name, mapping in config.mappings.items()
         }
-        token = config.admin.token.get_secret_value() if config.admin.token else None
+        token = config.admin.token.reveal() if config.admin.token else None
         self.admin = AdminServer(
             config.admin.host,
             config.admin.port,

@@ -1,24 +1,33 @@
 """One root error; retryability is data on the error, not a guess from its type.
 
 Client-library exceptions (aiokafka, aio-pika, botocore) are mapped to these at the source and
-destination boundaries, so nothing above them imports a client library.
+destination boundaries, so nothing above them imports a client library. Their messages often quote
+what the client said, URLs included: every PollerError redacts its message (:mod:`poller.redaction`),
+so what reaches a log line, ``lastError`` or a span carries no secret.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from poller.redaction import redact_value
+
 
 class PollerError(Exception):
-    """Root of every error poller raises on purpose."""
+    """Root of every error poller raises on purpose; its arguments are redacted when it is made."""
 
     retriable: bool = False
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact_value(arg) for arg in args))
 
 
 class ConfigError(PollerError):
     """The configuration cannot be used; carries every problem found, one line each."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
+        self.problems: list[str] = redact_value(list(problems))
+        super().__init__("\n".join(self.problems))
 
 
 class SourceError(PollerError):

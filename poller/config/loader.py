@@ -37,6 +37,7 @@ _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER = "null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_:-]+")
+MAX_VALUES = 100_000  # a real config holds hundreds
 
 
 def default_config_path() -> str:
@@ -199,6 +200,7 @@ class _Document:
     lines: dict[KeyPath, int] = field(default_factory=dict)
     spans: list[tuple[KeyPath, Position, Position]] = field(default_factory=list)
     problems: list[_Problem] = field(default_factory=list)
+    values: int = 0  # nodes walked, aliases expanded
 
     def line_of(self, path: KeyPath) -> int | None:
         """The line of the deepest key of ``path`` that is in the file."""
@@ -216,6 +218,10 @@ class _Document:
     def walk(self, node: yaml.Node, path: KeyPath, ancestors: frozenset[int], merged: bool = False) -> None:
         if id(node) in ancestors:
             return  # a recursive alias
+        self.values += 1
+        if self.values > MAX_VALUES:
+            # Aliases of aliases expand exponentially ("billion laughs"): refuse before validating.
+            raise _UnreadableYAML(f"the file expands to more than {MAX_VALUES} values through aliases")
         ancestors = ancestors | {id(node)}
         if isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
@@ -260,6 +266,11 @@ class _Document:
         self.spans.append((path, start, end))
 
 
+class _UnreadableYAML(yaml.YAMLError):
+    """YAML that parses but that poller will not read: too deep, too large, or a value that cannot
+    be converted (found by fuzzing, tests/fuzz/)."""
+
+
 def _parse(text: str) -> _Document:
     loader = yaml.SafeLoader(text)
     try:
@@ -271,6 +282,10 @@ def _parse(text: str) -> _Document:
             document.walk(node, (), frozenset())
             document.data = loader.construct_document(node)
         return document
+    except RecursionError:
+        raise _UnreadableYAML("the file nests collections too deeply") from None
+    except ValueError as exc:  # a number past Python's limit of 4300 digits, a bad timestamp
+        raise _UnreadableYAML(f"a value cannot be read ({exc})") from None
     finally:
         loader.dispose()
 

@@ -10,68 +10,23 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from poller.config.base import Model as _Model
+
+# The connections section lives in its own module; its models are part of this one's interface.
+from poller.config.connections import AwsConnection as AwsConnection
+from poller.config.connections import Connection as Connection
+from poller.config.connections import KafkaConnection as KafkaConnection
+from poller.config.connections import RabbitMQConnection as RabbitMQConnection
 from poller.config.functions import Function
 from poller.engine.filters import FILTER_FIELDS, MAX_FILTERS, FilterCriteria, FilterPatternError
+from poller.redaction import Secret
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 
 
-# --- connections ---------------------------------------------------------------------------------
-
-
-class KafkaConnection(_Model):
-    type: Literal["kafka"]
-    bootstrap_servers: str = Field(description="Comma-separated host:port list.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = None
-    ssl_cafile: str | None = None
-    client_id: str = "poller"
-
-    @model_validator(mode="after")
-    def _sasl_needs_credentials(self) -> KafkaConnection:
-        if self.security_protocol.startswith("SASL") and not (
-            self.sasl_mechanism and self.sasl_username and self.sasl_password
-        ):
-            raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password")
-        return self
-
-
-class RabbitMQConnection(_Model):
-    type: Literal["rabbitmq"]
-    url: str = Field(description="AMQP URL with credentials and virtual host.")
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        try:
-            parts.port  # noqa: B018 (parsing it is the check)
-        except ValueError as exc:
-            raise ValueError(f"not an AMQP URL: {exc}") from exc
-        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-            raise ValueError("must look like amqp://user:password@host:5672/vhost (or amqps://)")
-        return url
-
-
-class AwsConnection(_Model):
-    type: Literal["aws"]
-    region: str | None = Field(
-        None, description="Defaults to AWS_REGION / AWS_DEFAULT_REGION, else us-east-1."
-    )
-    endpoint_url: str | None = Field(None, description="One endpoint for every AWS service (an emulator).")
-    endpoint_urls: dict[str, str] = Field(
-        default_factory=dict, description="Per-service endpoints, e.g. {kinesis: URL}; override endpoint_url."
-    )
-
-
-Connection = Annotated[KafkaConnection | RabbitMQConnection | AwsConnection, Field(discriminator="type")]
 ConnectionT = TypeVar("ConnectionT", KafkaConnection, RabbitMQConnection, AwsConnection)
 
 
@@ -359,7 +314,7 @@ class Mapping(_Model):
 class Admin(_Model):
     host: str = Field("127.0.0.1", description="Loopback by default; 0.0.0.0 in a container.")
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port (it is logged).")
-    token: SecretStr | None = Field(
+    token: Secret | None = Field(
         None,
         description="Bearer token every endpoint but /healthz and /readyz requires, e.g. "
         "${POLLER_ADMIN_TOKEN}.",

@@ -19,7 +19,7 @@ from typing import Any
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from aiohttp import ClientError as HttpClientError
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, SSLError
 
 from poller.config import AwsConnection
 from poller.errors import SourceError
@@ -78,8 +78,9 @@ def error_text(exc: BaseException) -> str:
 
 
 def is_refusal(exc: BaseException, fatal_codes: frozenset[str] = frozenset()) -> bool:
-    """Whether waiting cannot cure ``exc``: no credentials, refused ones, or one of ``fatal_codes``."""
-    return isinstance(exc, NoCredentialsError) or error_code(exc) in REFUSED_CODES | fatal_codes
+    """Whether waiting cannot cure ``exc``: no credentials, refused ones, a certificate that
+    ``verify`` does not accept, or one of ``fatal_codes``."""
+    return isinstance(exc, NoCredentialsError | SSLError) or error_code(exc) in REFUSED_CODES | fatal_codes
 
 
 def source_error(what: str, exc: BaseException, *, fatal_codes: frozenset[str] | None = None) -> SourceError:
@@ -91,11 +92,20 @@ def source_error(what: str, exc: BaseException, *, fatal_codes: frozenset[str] |
 
 
 def client_options(connection: AwsConnection, service: str) -> dict[str, Any]:
-    """Keyword arguments for ``session.create_client(service, ...)``."""
+    """Keyword arguments for ``session.create_client(service, ...)``: region, endpoint, TLS
+    verification (``verify``: False or a CA bundle) and the connection's own credentials, if it
+    names any (otherwise botocore's standard chain finds them)."""
     options: dict[str, Any] = {"region_name": region_of(connection), "config": _CLIENT_CONFIG}
     endpoint = connection.endpoint_urls.get(service) or connection.endpoint_url
     if endpoint:
         options["endpoint_url"] = endpoint
+    if connection.verify is not True:
+        options["verify"] = connection.verify
+    if connection.access_key_id is not None and connection.secret_access_key is not None:
+        options["aws_access_key_id"] = connection.access_key_id
+        options["aws_secret_access_key"] = connection.secret_access_key.reveal()
+        if connection.session_token is not None:
+            options["aws_session_token"] = connection.session_token.reveal()
     return options
 
 

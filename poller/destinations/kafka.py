@@ -17,9 +17,9 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from poller.config import Config, KafkaConnection
 from poller.config import KafkaDestination as KafkaDestinationConfig
-from poller.connections.kafka import client_options
+from poller.connections.kafka import client_options, start_client
 from poller.engine.records import Record
-from poller.errors import DestinationError
+from poller.errors import DestinationError, SourceError
 from poller.observability.tracing import trace_headers
 from poller.sources.protocol import EventFormat, OriginalMessage
 
@@ -37,17 +37,24 @@ class KafkaDestination:
         connection = config.connection(settings.connection, KafkaConnection)
         self.name = name
         self.topic = settings.topic
-        self._options = client_options(connection)
+        self.connection = connection
         self._producer: AIOKafkaProducer | None = None
 
     async def _started(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(**self._options, acks="all", max_request_size=MAX_REQUEST_SIZE)
             try:
-                await producer.start()
-            except KafkaError as exc:
+                options = client_options(self.connection)
+            except SourceError as exc:
+                raise DestinationError(f"Kafka topic {self.topic}: {exc}") from exc
+            producer = AIOKafkaProducer(**options, acks="all", max_request_size=MAX_REQUEST_SIZE)
+            try:
+                await start_client(producer, self.connection, options)
+            except SourceError as exc:
                 await _stop_quietly(producer)
-                raise DestinationError(f"cannot connect to Kafka for topic {self.topic}: {exc}") from exc
+                raise DestinationError(f"Kafka topic {self.topic}: {exc}") from exc
+            except BaseException:
+                await _stop_quietly(producer)
+                raise
             self._producer = producer
         return self._producer
 

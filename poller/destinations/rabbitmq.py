@@ -44,7 +44,7 @@ class RabbitMQDestination:
         assert isinstance(settings, RabbitMQDestinationConfig)
         connection = config.connection(settings.connection, RabbitMQConnection)
         self.name = name
-        self.url = connection.url
+        self.connection = connection
         self.exchange = settings.exchange
         self.routing_key = settings.routing_key
         self._connection: AbstractConnection | None = None
@@ -131,7 +131,7 @@ class RabbitMQDestination:
             else:
                 await self.close()
                 try:
-                    connection = await connect(self.url, f"poller destination {self.name}")
+                    connection = await connect(self.connection, f"poller destination {self.name}")
                 except SourceError as exc:
                     raise DestinationError(str(exc)) from exc
                 self._connection = connection

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import aio_pika
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from yarl import URL
@@ -36,6 +35,8 @@ from poller.config import (
     SqsSource,
 )
 from poller.config.loader import load_config
+from poller.connections.kafka import client_options, start_client
+from poller.connections.rabbitmq import connect
 from poller.devtools.standins import (
     LOOPBACK,
     StandIn,
@@ -46,6 +47,7 @@ from poller.devtools.standins import (
     start_moto,
     start_rabbitmq,
 )
+from poller.errors import SourceError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ def start_stand_ins(config: Config) -> list[StandIn]:
                         log.info("started the Kafka stand-in (tansu) on %s:%s", LOOPBACK, port)
                         started.append(stand_in)
         elif isinstance(connection, RabbitMQConnection):
-            url = URL(connection.url)
+            url = URL(connection.url.reveal())
             amqp_port = url.port or 5672
             if url.host in _LOOPBACK_HOSTS and not port_open(LOOPBACK, amqp_port):
                 try:
@@ -111,8 +113,9 @@ async def create_example_resources(config: Config) -> None:
     for connection_name, names in topics.items():
         connection = config.connections[connection_name]
         assert isinstance(connection, KafkaConnection)
-        admin = AIOKafkaAdminClient(bootstrap_servers=connection.bootstrap_servers)
-        await admin.start()
+        options = client_options(connection)
+        admin = AIOKafkaAdminClient(**options)
+        await start_client(admin, connection, options)
         try:
             for name in sorted(names):
                 try:
@@ -145,8 +148,8 @@ async def _create_rabbitmq_queues(config: Config) -> None:
         connection = config.connections[connection_name]
         assert isinstance(connection, RabbitMQConnection)
         try:
-            amqp = await aio_pika.connect(connection.url, timeout=10)
-        except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
+            amqp = await connect(connection, "poller dev")
+        except SourceError as exc:
             log.warning(
                 "cannot reach RabbitMQ (connection %s) to declare its queues: %r", connection_name, exc
             )

@@ -4,7 +4,9 @@ act on a running poller (POST /reload, /mappings/NAME/enable and /mappings/NAME/
 ``/readyz`` is true once every enabled mapping polls and every function is started (its
 provisioned environments initialised). With ``admin.token`` every endpoint but /healthz and
 /readyz (which probes must reach without credentials) needs ``Authorization: Bearer <token>``,
-compared in constant time (SPEC section 16).
+compared in constant time (SPEC section 16). Errors shown here (``lastError``, the reasons on
+``/readyz``) pass through :func:`poller.redaction.redact`: no password or URL credentials leave
+through the admin port.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from poller.engine.windows import state_size
 from poller.observability.metrics import FunctionCollector, RunnerCollector, lag_of
+from poller.redaction import redact
 from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
 from poller.sources import Lagging
@@ -106,7 +109,7 @@ class AdminServer:
     async def _readyz(self, request: web.Request) -> web.Response:
         # Mappings disabled in the file or at run time are not expected to poll.
         not_ready = {
-            name: runner.status.last_error or runner.status.state
+            name: redact(runner.status.last_error or runner.status.state)
             for name, runner in self.runners.items()
             if not runner.status.ready and runner.status.state not in ("Disabled", "Disabling")
         }
@@ -122,7 +125,8 @@ class AdminServer:
                 name: {
                     "state": runner.status.state,
                     "ready": runner.status.ready,
-                    "lastError": runner.status.last_error,
+                    # Redacted again here: a last error may come from anywhere in a source.
+                    "lastError": redact(runner.status.last_error) if runner.status.last_error else None,
                     "sourceType": runner.mapping.source.type,
                     "function": runner.mapping.function_name,
                     "counts": runner.status.counts.as_dict(),

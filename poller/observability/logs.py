@@ -3,7 +3,8 @@
 Every line logged while a mapping's tasks run carries the mapping's name, and every line logged
 while a batch is being processed carries its batch and trace ids, whichever module logs it (the
 runner, a source, a destination): they are kept in context variables, which asyncio copies into
-each task a mapping starts, and added to each line by :class:`ContextFilter`.
+each task a mapping starts, and added to each line by :class:`ContextFilter`. No line carries a
+secret: :class:`~poller.redaction.RedactingFilter` masks them in the message and the traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import orjson
+
+from poller.redaction import RedactingFilter
 
 # Fields of every line about a mapping or a batch (also accepted through ``extra=``); a function's
 # own output adds its function, the request id of its invocation and the environment that printed it.
@@ -69,8 +72,9 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 line[name] = value
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            # exc_text: the traceback as RedactingFilter left it (redacted), else rendered here.
+            line["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return orjson.dumps(line, default=str).decode()
 
 
@@ -88,6 +92,8 @@ def configure_logging(log_format: Literal["json", "text"] = "json", level: str =
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
+    # Last: whatever a line says, a client library's URL or a password, leaves without secrets.
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

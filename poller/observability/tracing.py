@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from poller.config import Mapping as MappingConfig
 from poller.engine.outcome import Failed, Outcome, PartiallyFailed
 from poller.engine.records import Batch, Record
+from poller.redaction import redact
 from poller.sources.protocol import EventFormat, Source
 
 SEMCONV_VERSION = "1.27.0"
@@ -105,9 +107,7 @@ class Telemetry:
         if info.consumer_group:
             attributes["messaging.consumer.group.name"] = info.consumer_group
         name = f"process {info.source_name}" if not parent else f"process {info.source_name} (bisected)"
-        with self.tracer.start_as_current_span(
-            name, kind=SpanKind.CONSUMER, attributes=attributes, links=links
-        ) as span:
+        with self._span(name, SpanKind.CONSUMER, attributes, links) as span:
             context = span.get_span_context()
             if context.is_valid:
                 batch.trace_id = trace.format_trace_id(context.trace_id)
@@ -126,9 +126,7 @@ class Telemetry:
             "poller.window.start": window["start"],
             "poller.window.end": window["end"],
         }
-        with self.tracer.start_as_current_span(
-            f"close window {info.source_name}", kind=SpanKind.CONSUMER, attributes=attributes
-        ):
+        with self._span(f"close window {info.source_name}", SpanKind.CONSUMER, attributes):
             yield
 
     @contextmanager
@@ -142,25 +140,14 @@ class Telemetry:
             "faas.invoked_name": info.function,
         }
         started = time.perf_counter()
-        with self.tracer.start_as_current_span(
-            f"invoke {info.function}", kind=SpanKind.INTERNAL, attributes=attributes, record_exception=False
-        ) as span:
+        with self._span(f"invoke {info.function}", SpanKind.INTERNAL, attributes) as span:
             yield result
             outcome = result.outcome
             label = "success"
             if isinstance(outcome, Failed | PartiallyFailed):
                 label = "partial" if isinstance(outcome, PartiallyFailed) else "error"
                 error = outcome.error
-                span.set_status(Status(StatusCode.ERROR, error.message))
-                span.set_attribute("error.type", error.error_type)
-                span.add_event(
-                    "exception",
-                    {
-                        "exception.type": error.error_type,
-                        "exception.message": error.message,
-                        "exception.stacktrace": "\n".join(error.stack_trace),
-                    },
-                )
+                record_error(span, error.error_type, error.message, "\n".join(error.stack_trace))
             span.set_attribute("poller.outcome", label)
             if result.coldstart is not None:
                 span.set_attribute("faas.coldstart", result.coldstart)
@@ -181,10 +168,42 @@ class Telemetry:
             "poller.mapping": info.mapping,
             "poller.condition": condition,
         }
-        with self.tracer.start_as_current_span(
-            f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes
-        ):
+        with self._span(f"send {destination}", SpanKind.PRODUCER, attributes):
             yield
+
+    @contextmanager
+    def _span(
+        self, name: str, kind: SpanKind, attributes: dict[str, Any], links: Sequence[Link] | None = None
+    ) -> Iterator[trace.Span]:
+        """The current span ``name``; an exception that leaves it is recorded by :func:`record_error`
+        (the SDK's own recording would quote its message as it is, secrets included)."""
+        with self.tracer.start_as_current_span(
+            name,
+            kind=kind,
+            attributes=attributes,
+            links=links,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except Exception as exc:
+                stack = "".join(traceback.format_exception(exc))
+                record_error(span, type(exc).__name__, str(exc), stack)
+                raise
+
+
+def record_error(span: trace.Span, error_type: str, message: str, stack: str) -> None:
+    """Mark ``span`` failed, with an ``exception`` event as OpenTelemetry's conventions name it;
+    the message and the stack are redacted (:mod:`poller.redaction`): a handler's or a client's
+    error text may quote a URL or a password."""
+    message = redact(message)
+    span.set_status(Status(StatusCode.ERROR, message))
+    span.set_attribute("error.type", error_type)
+    span.add_event(
+        "exception",
+        {"exception.type": error_type, "exception.message": message, "exception.stacktrace": redact(stack)},
+    )
 
 
 @dataclass

@@ -21,6 +21,7 @@ class ReceivedSpan:
     events: list[tuple[str, dict[str, Any]]]
     links: list[tuple[str, str]]
     status_code: int
+    status_message: str = ""
 
 
 def _value(value: Any) -> Any:
@@ -81,4 +82,5 @@ def _received(span: Span) -> ReceivedSpan:
         events=[(event.name, _attributes(event.attributes)) for event in span.events],
         links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
         status_code=span.status.code,
+        status_message=span.status.message,
     )

@@ -72,7 +72,7 @@ def test_compose_config_is_valid_and_points_at_compose_services(compose: dict[st
         if isinstance(connection, KafkaConnection):
             hosts = [address.rsplit(":", 1)[0] for address in connection.bootstrap_servers.split(",")]
         elif isinstance(connection, RabbitMQConnection):
-            hosts = [re.sub(r"^amqps?://([^@]*@)?", "", connection.url).split(":")[0].split("/")[0]]
+            hosts = [re.sub(r"^amqps?://([^@]*@)?", "", connection.url.reveal()).split(":")[0].split("/")[0]]
         else:
             assert isinstance(connection, AwsConnection)
             urls = [connection.endpoint_url or "", *connection.endpoint_urls.values()]

@@ -189,7 +189,9 @@ def test_broker_arn_and_virtual_host_come_from_the_url() -> None:
 
 
 def test_connection_url_must_be_an_amqp_url() -> None:
-    assert RabbitMQConnection(type="rabbitmq", url="amqps://u:p@host:5671/prod").url.endswith("/prod")
+    assert (
+        RabbitMQConnection(type="rabbitmq", url="amqps://u:p@host:5671/prod").url.reveal().endswith("/prod")
+    )
     for url in ("http://host/", "amqp://host:port/", "amqp:///vhost"):
         with pytest.raises(ValueError, match=r"AMQP URL|amqp://"):
             RabbitMQConnection(type="rabbitmq", url=url)

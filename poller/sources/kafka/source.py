@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 
 from poller.config import KafkaConnection, Mapping
 from poller.config import KafkaSource as KafkaSourceConfig
-from poller.connections.kafka import client_options, source_error
+from poller.connections.kafka import client_options, source_error, start_client
 from poller.engine.records import Record
 from poller.errors import SourceError
 from poller.sources.kafka.commits import OffsetCommitter
@@ -81,12 +81,10 @@ class KafkaSource:
             isolation_level="read_committed",
         )
         try:
-            await consumer.start()
-        except KafkaError as exc:
+            await start_client(consumer, self.connection, options)
+        except BaseException:
             await _stop_quietly(consumer)
-            raise source_error(
-                f"cannot connect to Kafka at {self.connection.bootstrap_servers}", exc
-            ) from exc
+            raise
         try:
             existing = await consumer.topics()
         except KafkaError as exc:

@@ -153,7 +153,10 @@ class MessageProperties:
         if "timestamp" in data:
             if not isinstance(data["timestamp"], int | float):
                 raise ValueError("timestamp is not a number")
-            data["timestamp"] = datetime.fromtimestamp(data["timestamp"], UTC)
+            try:
+                data["timestamp"] = datetime.fromtimestamp(data["timestamp"], UTC)
+            except (OverflowError, OSError) as exc:  # past what the platform's time_t holds (fuzzing)
+                raise ValueError(f"timestamp out of range: {exc}") from exc
         for name in ("delivery_mode", "priority"):
             if name in data and not isinstance(data[name], int):
                 raise ValueError(f"{name} is not an integer")
@@ -248,7 +251,7 @@ def _unpack(value: Any) -> Any:
                 return base64.b64decode(inner, validate=True)
             if tag == "F" and isinstance(inner, dict):
                 return {name: _unpack(entry) for name, entry in inner.items()}
-        except (TypeError, ValueError, ArithmeticError, OverflowError) as exc:
+        except (TypeError, ValueError, ArithmeticError, OSError) as exc:  # OSError: a time_t overflow
             raise ValueError(f"bad {tag!r} header value: {exc}") from exc
     raise ValueError(f"not a snapshot header value: {value!r}")
 

@@ -106,7 +106,8 @@ class RabbitMQSource:
         assert isinstance(mapping.source, RabbitMQSourceConfig)
         self.name = name
         self.mapping = mapping
-        self.url = connection.url
+        self.connection = connection
+        self.url = connection_name(connection.url)  # the password masked: for logs, errors and the ARN
         self.queues = list(dict.fromkeys(mapping.source.queues))
         self.reads = ",".join(self.queues)
         self.consumer_group = None
@@ -236,7 +237,7 @@ class RabbitMQSource:
     async def _connect(self, *, at_start: bool) -> AbstractChannel:
         """Connect, check the queues, declare the delay queues, consume. At start, a missing queue
         or a conflicting delay queue is fatal; later they are retried."""
-        connection = await connect(self.url, f"poller {self.name}", refusal_is_fatal=at_start)
+        connection = await connect(self.connection, f"poller {self.name}", refusal_is_fatal=at_start)
         try:
             channel = await (await connection.channel(publisher_confirms=True)).get_underlay_channel()
             for queue in self.queues:
@@ -273,14 +274,12 @@ class RabbitMQSource:
             raise
         except AMQP_ERRORS as exc:
             await self._disconnect(connection)
-            raise SourceError(
-                f"cannot consume from RabbitMQ at {connection_name(self.url)}: {exc!r}"
-            ) from exc
+            raise SourceError(f"cannot consume from RabbitMQ at {self.url}: {exc!r}") from exc
         log.info(
             "mapping %s: consuming %s from %s (prefetch %d, connection %d)",
             self.name,
             ",".join(self.queues),
-            connection_name(self.url),
+            self.url,
             self.prefetch,
             self.connections,
         )

@@ -104,7 +104,7 @@ def to_record(message: dict[str, Any], queue: QueueInfo, lane: str) -> Record:
         eventSourceARN=queue.arn,
         awsRegion=queue.region,
     )
-    sent = attributes.get("SentTimestamp")
+    sent = _count(attributes.get("SentTimestamp"))
     return Record(
         partition=queue.name,
         lane=lane,
@@ -112,12 +112,24 @@ def to_record(message: dict[str, Any], queue: QueueInfo, lane: str) -> Record:
         item_key=message["MessageId"],
         payload=payload,
         size=len(orjson.dumps(payload)) + 1,
-        timestamp=int(sent) / 1000 if sent else time.time(),
+        timestamp=sent / 1000 if sent else time.time(),
         # The broker's count includes this delivery; the engine wants the earlier ones.
-        receive_count=max(0, int(attributes.get("ApproximateReceiveCount", "1")) - 1),
+        receive_count=max(0, (_count(attributes.get("ApproximateReceiveCount")) or 1) - 1),
         # Standard queues may carry a MessageGroupId too (fair queues), which orders nothing.
         group=attributes.get("MessageGroupId") if queue.fifo else None,
     )
+
+
+def _count(text: str | None) -> int | None:
+    """A numeric system attribute, or None when it is missing or not a number: SQS always sends
+    digits, but a record must not stop a poller because an SQS-compatible server did not
+    (found by fuzzing, tests/fuzz/)."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def _fresh(payload: dict[str, Any]) -> dict[str, Any]:
