@@ -144,8 +144,13 @@ class Secret:
         return cls(value)
 
 
+REVEAL = {"reveal_secrets": True}  # model_dump(mode="json", context=REVEAL) writes a config back out
+
+
 def _serialize(secret: Secret, info: core_schema.SerializationInfo) -> Any:
-    return str(secret) if info.mode_is_json() else secret
+    if not info.mode_is_json():
+        return secret
+    return secret.reveal() if (info.context or {}).get("reveal_secrets") else str(secret)
 
 
 def _text_of(value: Any) -> Any:

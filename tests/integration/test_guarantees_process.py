@@ -25,10 +25,14 @@ from support import (
     wait_for,
 )
 
+from poller.redaction import REVEAL
+
 
 def write_config(broker: BrokerHarness, path: Path, **mapping: Any) -> Path:
     config = broker.config("to_file", function={"timeout": 30}, **mapping)
-    path.write_text(json.dumps(config.model_dump(mode="json", exclude_unset=True), indent=2))  # JSON is YAML
+    # JSON is YAML; the secrets (a RabbitMQ URL's password) are written out as they are.
+    document = config.model_dump(mode="json", exclude_unset=True, context=REVEAL)
+    path.write_text(json.dumps(document, indent=2))
     return path
 
 

@@ -225,7 +225,7 @@ async def test_a_running_poller_exports_every_metric_the_scaled_object_queries(
                 "kinesis": aws_connection(kinesis_endpoint),
                 "rabbit": {"type": "rabbitmq", "url": amqp_url},
             },
-            "functions": {"fn": {"handler": "recorder:collect_async"}},
+            "functions": {"fn": {"handler": "recorder:collect"}},
             "mappings": {
                 "orders-from-kafka": {
                     "function_name": "fn",

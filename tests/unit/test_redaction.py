@@ -22,7 +22,7 @@ from poller.config.schema import config_json_schema
 from poller.errors import ConfigError, DestinationError, SourceError
 from poller.observability.logs import JsonFormatter, TextFormatter
 from poller.observability.tracing import Telemetry, record_error
-from poller.redaction import MASK, RedactingFilter, Secret, SecretUrl, redact, remember
+from poller.redaction import MASK, REVEAL, RedactingFilter, Secret, SecretUrl, redact, remember
 
 PASSWORD = "kafka-sasl-Pa55word"
 AMQP_PASSWORD = "amqp-Pa55/word"  # a "/" that the URL must percent-encode
@@ -68,6 +68,9 @@ def test_a_url_secret_shows_the_url_with_its_password_masked() -> None:
     for text in (repr(connection), connection.model_dump_json()):
         assert "Pa55" not in text
     assert connection.model_dump(mode="json")["url"] == f"amqp://orders:{MASK}@rabbit.internal:5672/prod"
+    # Writing a config back out to a file (the tests do) takes asking for the secrets by name.
+    revealed = connection.model_dump(mode="json", context=REVEAL)["url"]
+    assert revealed == AMQP_URL
 
 
 def test_redact_masks_remembered_values_in_either_encoding_and_url_credentials() -> None:
