@@ -101,8 +101,9 @@ class InvokeApi:
     async def _answer(self, request: web.Request, request_id: str) -> web.StreamResponse | ApiError:
         invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         limit = ASYNC_LIMIT if invocation_type == "Event" else SYNC_LIMIT
-        body, size, digest = await _read_body(request, limit)
+        body, size, digest = await _read_body(request, limit, hashed=self._verifier is not None)
         if self._verifier is not None:
+            assert digest is not None
             rejected = self._verifier.verify(request.method, request.raw_path, request.headers, digest)
             if rejected is not None:
                 return errors.unauthorized(rejected)
@@ -140,7 +141,9 @@ class InvokeApi:
             return web.Response(status=204, headers={REQUEST_ID_HEADER: request_id})
         if invocation_type == "Event":
             return await self._enqueue(request, function, body or b"{}", request_id)
-        return await self._invoke_sync(request, function, body, client_context, tail=log_type == "Tail")
+        return await self._invoke_sync(
+            request, function, body, client_context, request_id, tail=log_type == "Tail"
+        )
 
     async def _invoke_sync(
         self,
@@ -148,6 +151,7 @@ class InvokeApi:
         function: FunctionRuntime,
         body: bytes,
         client_context: dict[str, Any] | None,
+        request_id: str,
         *,
         tail: bool,
     ) -> web.StreamResponse | ApiError:
@@ -155,7 +159,9 @@ class InvokeApi:
             return errors.not_ready(function.name)
         with self.spans.invocation(function.name, function.arn, "RequestResponse", request.headers) as span:
             try:
-                result = await invoke_sync(function, body, client_context=client_context, span=span)
+                result = await invoke_sync(
+                    function, body, client_context=client_context, request_id=request_id, span=span
+                )
             except Throttled:
                 span.span.set_attribute("error.type", "TooManyRequestsException")
                 return errors.throttled()
@@ -179,29 +185,35 @@ class InvokeApi:
 
 
 def _sync_response(result: SyncResult, *, tail: bool) -> web.Response:
-    headers = {REQUEST_ID_HEADER: result.request_id, "X-Amz-Executed-Version": LATEST}
+    headers = {
+        REQUEST_ID_HEADER: result.request_id,
+        "X-Amz-Executed-Version": LATEST,
+        "Content-Type": result.content_type,
+    }
     if result.function_error is not None:
         headers["X-Amz-Function-Error"] = result.function_error
     if tail:
         headers["X-Amz-Log-Result"] = result.log_result()
-    response = web.Response(status=200, body=result.payload, headers=headers)
-    response.content_type = result.content_type
-    return response
+    return web.Response(status=200, body=result.payload, headers=headers)
 
 
-async def _read_body(request: web.Request, limit: int) -> tuple[bytes | None, int, str]:
-    """The body (None when longer than ``limit`` bytes), its size, and its SHA-256 (hex). The
-    whole body is read, past the limit only hashed and counted, so that the client gets its
-    answer rather than a connection reset."""
+async def _read_body(
+    request: web.Request, limit: int, *, hashed: bool
+) -> tuple[bytes | None, int, str | None]:
+    """The body (None when longer than ``limit`` bytes), its size, and (if ``hashed``, for the
+    signature) its SHA-256 in hex. The whole body is read, past the limit only counted (and
+    hashed), so that the client gets its answer rather than a connection reset."""
     chunks: list[bytes] = []
     size = 0
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if hashed else None
     async for chunk in request.content.iter_chunked(_CHUNK):
         size += len(chunk)
-        digest.update(chunk)
+        if digest is not None:
+            digest.update(chunk)
         if size <= limit:
             chunks.append(chunk)
-    return (b"".join(chunks) if size <= limit else None), size, digest.hexdigest()
+    body = b"".join(chunks) if size <= limit else None
+    return body, size, digest.hexdigest() if digest is not None else None
 
 
 def _client_context(header: str | None) -> dict[str, Any] | ApiError | None:

@@ -62,14 +62,18 @@ async def invoke_sync(
     payload: bytes,
     *,
     client_context: dict[str, Any] | None = None,
+    request_id: str | None = None,
     span: InvocationSpan | None = None,
 ) -> SyncResult:
     """Invoke ``function`` once with ``payload`` (JSON; an empty payload is ``{}``, as on Lambda).
-    ``client_context``: the caller's, decoded, for ``context.client_context``. ``span``: the API's
-    span, which gets the invocation id, cold start and error. Raises Throttled when no concurrency
-    is left; the function is otherwise never waited for."""
+    ``client_context``: the caller's, decoded, for ``context.client_context``. ``request_id``: the
+    invocation's ``aws_request_id`` (default: a new one). ``span``: the API's span, which gets the
+    invocation id, cold start and error. Raises Throttled when no concurrency is left; the function
+    is otherwise never waited for."""
     context = function.new_context()
     context.client_context = client_context
+    if request_id is not None:
+        context.aws_request_id = request_id
     if span is not None:
         span.invocation_id = context.aws_request_id
     result = await function.invoke_payload(payload or b"{}", context, wait=False)

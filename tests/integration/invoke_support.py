@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 from botocore.config import Config as BotocoreConfig
@@ -17,7 +17,6 @@ from poller.app import App
 
 PYTHON = f"python3.{sys.version_info.minor}"  # poller's own interpreter
 REGION = "us-east-1"
-T = TypeVar("T")
 
 
 def function(handler: str, **settings: Any) -> dict[str, Any]:
@@ -60,6 +59,13 @@ def lambda_client(
         client.close()
 
 
-async def call(method: Callable[..., T], **arguments: Any) -> T:
-    """A blocking boto3 call, off the event loop that serves it."""
-    return await asyncio.to_thread(method, **arguments)
+async def invoke(client: Any, **arguments: Any) -> dict[str, Any]:
+    """``client.invoke(**arguments)`` off the event loop that serves it, with its ``Payload`` read
+    into bytes (which hands the connection back to the client's pool)."""
+
+    def blocking() -> dict[str, Any]:
+        response: dict[str, Any] = client.invoke(**arguments)
+        response["Payload"] = response["Payload"].read()
+        return response
+
+    return await asyncio.to_thread(blocking)

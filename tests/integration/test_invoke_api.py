@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from invoke_support import FUNCTIONS, REGION, call, lambda_client
+from invoke_support import FUNCTIONS, REGION, invoke, lambda_client
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -44,8 +44,8 @@ async def test_a_synchronous_invoke_returns_the_response_the_log_tail_and_the_cl
     client: Any,
 ) -> None:
     client_context = {"custom": {"tenant": "acme"}, "env": {"locale": "en"}, "client": {"app_title": "shop"}}
-    response = await call(
-        client.invoke,
+    response = await invoke(
+        client,
         FunctionName="echo",
         Payload=json.dumps({"order": 1}).encode(),
         LogType="Tail",
@@ -54,7 +54,7 @@ async def test_a_synchronous_invoke_returns_the_response_the_log_tail_and_the_cl
     assert response["StatusCode"] == 200
     assert response["ExecutedVersion"] == "$LATEST"
     assert "FunctionError" not in response
-    seen = json.loads(response["Payload"].read())
+    seen = json.loads(response["Payload"])
     assert seen["event"] == {"order": 1}
     assert seen["function_arn"] == f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:echo"
     assert (seen["custom"], seen["env"], seen["app_title"]) == ({"tenant": "acme"}, {"locale": "en"}, "shop")
@@ -65,9 +65,9 @@ async def test_a_synchronous_invoke_returns_the_response_the_log_tail_and_the_cl
     assert f"echo handling {request_id}" in lines, "what the handler printed"
     assert lines[-1].startswith(f"REPORT RequestId: {request_id}\tDuration: ")
     assert "Init Duration: " in lines[-1], "the first invocation was a cold start"
-    again = await call(client.invoke, FunctionName="echo")
+    again = await invoke(client, FunctionName="echo")
     assert "LogResult" not in again
-    assert json.loads(again["Payload"].read())["event"] == {}, "an empty payload is {}, as on Lambda"
+    assert json.loads(again["Payload"])["event"] == {}, "an empty payload is {}, as on Lambda"
 
 
 async def test_a_raising_handler_answers_200_with_unhandled_and_its_error_document_also_by_arn(
@@ -75,10 +75,10 @@ async def test_a_raising_handler_answers_200_with_unhandled_and_its_error_docume
 ) -> None:
     arn = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:fail"
     for name in (arn, f"{arn}:$LATEST", f"{ACCOUNT_ID}:function:fail"):
-        response = await call(client.invoke, FunctionName=name, Payload=b'{"order": 7}')
+        response = await invoke(client, FunctionName=name, Payload=b'{"order": 7}')
         assert response["StatusCode"] == 200
         assert response["FunctionError"] == "Unhandled"
-        document = json.loads(response["Payload"].read())
+        document = json.loads(response["Payload"])
         assert document["errorType"] == "ValueError"
         assert document["errorMessage"] == "cannot handle 7"
         assert any("invoke_handlers.py" in line for line in document["stackTrace"])
@@ -86,10 +86,10 @@ async def test_a_raising_handler_answers_200_with_unhandled_and_its_error_docume
 
 
 async def test_an_environment_that_exits_is_a_runtime_exit_error_document(client: Any) -> None:
-    response = await call(client.invoke, FunctionName="exits")
+    response = await invoke(client, FunctionName="exits")
     assert response["FunctionError"] == "Unhandled"
     request_id = response["ResponseMetadata"]["RequestId"]
-    assert json.loads(response["Payload"].read()) == {
+    assert json.loads(response["Payload"]) == {
         "errorType": "Runtime.ExitError",
         "errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: exit status 4",
     }
@@ -97,65 +97,65 @@ async def test_an_environment_that_exits_is_a_runtime_exit_error_document(client
 
 async def test_refusals_raise_the_modelled_exceptions_of_boto3(client: Any) -> None:
     with pytest.raises(client.exceptions.ResourceNotFoundException) as raised:
-        await call(client.invoke, FunctionName="nope")
+        await invoke(client, FunctionName="nope")
     assert raised.value.response["Error"]["Message"] == (
         f"Function not found: arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:nope"
     )
     with pytest.raises(client.exceptions.ResourceNotFoundException):
-        await call(client.invoke, FunctionName="echo", Qualifier="1")
+        await invoke(client, FunctionName="echo", Qualifier="1")
     with pytest.raises(client.exceptions.ResourceNotFoundException):
-        await call(client.invoke, FunctionName=f"arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:echo")
-    assert (await call(client.invoke, FunctionName="echo", Qualifier="$LATEST"))["StatusCode"] == 200
+        await invoke(client, FunctionName=f"arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:echo")
+    assert (await invoke(client, FunctionName="echo", Qualifier="$LATEST"))["StatusCode"] == 200
     with pytest.raises(client.exceptions.InvalidRequestContentException) as raised:
-        await call(client.invoke, FunctionName="echo", Payload=b"{not json")
+        await invoke(client, FunctionName="echo", Payload=b"{not json")
     assert raised.value.response["Error"]["Message"].startswith("Could not parse request body into json")
     with pytest.raises(client.exceptions.InvalidRequestContentException):
-        await call(client.invoke, FunctionName="echo", ClientContext="not base64!")
+        await invoke(client, FunctionName="echo", ClientContext="not base64!")
     with pytest.raises(client.exceptions.RequestTooLargeException):
-        await call(client.invoke, FunctionName="echo", Payload=b'"' + b"x" * (6 * 1024 * 1024) + b'"')
+        await invoke(client, FunctionName="echo", Payload=b'"' + b"x" * (6 * 1024 * 1024) + b'"')
     with pytest.raises(client.exceptions.TooManyRequestsException) as throttled:
-        await call(client.invoke, FunctionName="throttled")
+        await invoke(client, FunctionName="throttled")
     assert throttled.value.response["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
     assert throttled.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
-    dry_run = await call(client.invoke, FunctionName="echo", InvocationType="DryRun", Payload=b"{}")
+    dry_run = await invoke(client, FunctionName="echo", InvocationType="DryRun", Payload=b"{}")
     assert dry_run["StatusCode"] == 204
     with pytest.raises(client.exceptions.ResourceNotFoundException):
-        await call(client.invoke, FunctionName="nope", InvocationType="DryRun")
+        await invoke(client, FunctionName="nope", InvocationType="DryRun")
 
 
 async def test_an_event_invocation_is_validated_and_refused_without_a_queue(client: Any) -> None:
     with pytest.raises(client.exceptions.ResourceNotFoundException):
-        await call(client.invoke, FunctionName="nope", InvocationType="Event", Payload=b"{}")
+        await invoke(client, FunctionName="nope", InvocationType="Event", Payload=b"{}")
     with pytest.raises(client.exceptions.InvalidRequestContentException):
-        await call(client.invoke, FunctionName="echo", InvocationType="Event", Payload=b"[1,")
+        await invoke(client, FunctionName="echo", InvocationType="Event", Payload=b"[1,")
     with pytest.raises(client.exceptions.RequestTooLargeException) as raised:
-        await call(
-            client.invoke,
+        await invoke(
+            client,
             FunctionName="echo",
             InvocationType="Event",
             Payload=b"[" + b" " * 1024 * 1024 + b"]",
         )
     assert "1048576 bytes" in raised.value.response["Error"]["Message"]
     with pytest.raises(client.exceptions.ServiceException) as raised:
-        await call(client.invoke, FunctionName="echo", InvocationType="Event", Payload=b"{}")
+        await invoke(client, FunctionName="echo", InvocationType="Event", Payload=b"{}")
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
 
 
 async def test_a_busy_function_refuses_a_synchronous_invoke_at_once(client: Any, tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     event = json.dumps({"started": str(started), "release": str(release)}).encode()
-    first = asyncio.create_task(call(client.invoke, FunctionName="single", Payload=event))
+    first = asyncio.create_task(invoke(client, FunctionName="single", Payload=event))
     try:
         await wait_for(started.exists, message="the first invocation runs")
         with pytest.raises(client.exceptions.TooManyRequestsException):
-            await call(client.invoke, FunctionName="single", Payload=event)
+            await invoke(client, FunctionName="single", Payload=event)
     finally:
         release.touch()
         response = await first
-    assert json.loads(response["Payload"].read()) == "released"
+    assert json.loads(response["Payload"]) == "released"
     started.unlink()
     release.unlink()
-    second = asyncio.create_task(call(client.invoke, FunctionName="single", Payload=event))
+    second = asyncio.create_task(invoke(client, FunctionName="single", Payload=event))
     await wait_for(started.exists, message="the slot is free again")
     release.touch()
     assert (await second)["StatusCode"] == 200
@@ -163,14 +163,14 @@ async def test_a_busy_function_refuses_a_synchronous_invoke_at_once(client: Any,
 
 async def test_an_inline_function_answers_as_one_in_an_environment(client: Any) -> None:
     client_context = base64.b64encode(json.dumps({"custom": {"k": "v"}}).encode()).decode()
-    response = await call(
-        client.invoke,
+    response = await invoke(
+        client,
         FunctionName="inline-echo",
         Payload=b'{"a": 1}',
         LogType="Tail",
         ClientContext=client_context,
     )
-    seen = json.loads(response["Payload"].read())
+    seen = json.loads(response["Payload"])
     assert (seen["event"], seen["custom"], seen["request_id"]) == (
         {"a": 1},
         {"k": "v"},
@@ -179,9 +179,9 @@ async def test_an_inline_function_answers_as_one_in_an_environment(client: Any) 
     lines = base64.b64decode(response["LogResult"]).decode().splitlines()
     assert lines[0] == f"START RequestId: {seen['request_id']} Version: $LATEST"
     assert lines[-1].startswith(f"REPORT RequestId: {seen['request_id']}\t")
-    failed = await call(client.invoke, FunctionName="inline-fail", Payload=b'{"order": 2}')
+    failed = await invoke(client, FunctionName="inline-fail", Payload=b'{"order": 2}')
     assert failed["FunctionError"] == "Unhandled"
-    document = json.loads(failed["Payload"].read())
+    document = json.loads(failed["Payload"])
     assert (document["errorType"], document["errorMessage"]) == ("ValueError", "cannot handle 2")
 
 
