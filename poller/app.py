@@ -23,7 +23,9 @@ from poller.config import Config, Mapping, SqliteCheckpoints, load_config
 from poller.config.diff import diff
 from poller.destinations import Destination, build_destination
 from poller.errors import ConfigError, PollerError
+from poller.invocation.api import InvokeApi
 from poller.observability.admin import AdminServer
+from poller.observability.invocation_spans import InvocationSpans
 from poller.observability.tracing import Telemetry, configure_tracing, flush_tracing, shutdown_tracing
 from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
@@ -79,6 +81,11 @@ class App:
             controls=self,
             token=token,
             functions=self.functions,
+            invoke_api=InvokeApi(
+                self.functions,
+                credentials=config.admin.credentials,
+                spans=InvocationSpans(self.telemetry.tracer),
+            ),
         )
         self.stopping = asyncio.Event()
         self._reload_wanted = asyncio.Event()

@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from poller.errors import ConfigError, HandlerLoadError, PollerError
+from poller.errors import ConfigError, HandlerLoadError, PollerError, Throttled
 
 if TYPE_CHECKING:
-    from poller.engine.outcome import InvocationError
-    from poller.runtime.environments.api import Response
+    from poller.invocation.sync import SyncResult
     from poller.runtime.function import FunctionRuntime
 
 log = logging.getLogger("poller")
@@ -117,8 +116,9 @@ def _validate(path: str) -> int:
 
 
 def _invoke(path: str, name: str, event_path: str) -> int:
+    """Invoke a function once, as the Invoke API's RequestResponse does (the same code path), and
+    print its response, or its error document and exit 1."""
     from poller.config.loader import load_config
-    from poller.engine.outcome import InvocationError
     from poller.runtime.function import FunctionRuntime
 
     config = load_config(path, check_handlers=False)
@@ -127,7 +127,7 @@ def _invoke(path: str, name: str, event_path: str) -> int:
         return EXIT_USAGE
     try:
         raw = sys.stdin.buffer.read() if event_path == "-" else open(event_path, "rb").read()  # noqa: SIM115
-        event = orjson.loads(raw)
+        orjson.loads(raw)
     except (OSError, orjson.JSONDecodeError) as exc:
         print(f"{event_path}: cannot read a JSON event: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -139,39 +139,46 @@ def _invoke(path: str, name: str, event_path: str) -> int:
     except PollerError as exc:  # the runtime cannot start here
         print(f"{path}: functions.{name}.runtime: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if runtime.pool is None:
-        result: Any = asyncio.run(runtime.invoke(event))
-        if isinstance(result, InvocationError):
-            print(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
-            return EXIT_FAILURE
-        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-        return EXIT_OK
     try:
-        answer = asyncio.run(_invoke_in_environment(runtime, raw))
+        result = asyncio.run(_invoke_once(runtime, raw))
+    except Throttled:
+        print(f"{path}: functions.{name}: throttled: reserved_concurrent_executions is 0", file=sys.stderr)
+        return EXIT_FAILURE
     except PollerError as exc:  # a provisioned environment failed its init
         print(f"{path}: functions.{name}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    if isinstance(answer, InvocationError):
-        print(orjson.dumps(answer.to_json(), option=orjson.OPT_INDENT_2).decode())
+    if result.error is not None:
+        print(orjson.dumps(result.error.to_json(), option=orjson.OPT_INDENT_2).decode())
         return EXIT_FAILURE
-    # The response exactly as the function's runtime serialised it (as `aws lambda invoke` writes it).
-    sys.stdout.write(answer.payload.decode("utf-8", "replace") + "\n")
+    if runtime.pool is None:
+        # An inline handler's result, indented for people.
+        response: Any = orjson.loads(result.payload)
+        print(orjson.dumps(response, option=orjson.OPT_INDENT_2).decode())
+    else:
+        # The response exactly as the function's runtime serialised it (as `aws lambda invoke` writes it).
+        sys.stdout.write(result.payload.decode("utf-8", "replace") + "\n")
     return EXIT_OK
 
 
-async def _invoke_in_environment(runtime: FunctionRuntime, payload: bytes) -> Response | InvocationError:
+async def _invoke_once(runtime: FunctionRuntime, payload: bytes) -> SyncResult:
     """Start the function, invoke it once, and stop its environments before returning."""
+    from poller.invocation.sync import invoke_sync
     from poller.tasks import BackgroundTasks
 
+    outcome: SyncResult | PollerError
     async with asyncio.TaskGroup() as group:
         tasks = BackgroundTasks(group, f"function {runtime.name}")
         try:
             await runtime.start(tasks)
-            result = await runtime.invoke_payload(payload)
+            outcome = await invoke_sync(runtime, payload)
+        except PollerError as exc:  # raised out here: the group would wrap it in an ExceptionGroup
+            outcome = exc
         finally:
             await runtime.close()
             await tasks.close()
-    return result.answer
+    if isinstance(outcome, PollerError):
+        raise outcome
+    return outcome
 
 
 def _run(path: str, drain_timeout: float) -> int:

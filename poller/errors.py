@@ -46,3 +46,9 @@ class DestinationError(PollerError):
 
 class HandlerLoadError(PollerError):
     """A function's handler cannot be imported or is not callable."""
+
+
+class Throttled(PollerError):
+    """An invocation that may not wait found no concurrency left: ``reserved_concurrent_executions``
+    invocations of its function are in flight (or it is 0). Lambda answers a synchronous Invoke so
+    (429 ``TooManyRequestsException``); callers that may wait never see this."""

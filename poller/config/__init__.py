@@ -3,10 +3,10 @@
 errors (:mod:`~poller.config.loader`), and the JSON Schema exported from the models
 (:mod:`~poller.config.schema`, ``python -m poller.config.schema``)."""
 
+from poller.config.admin import Admin, AdminCredentials
 from poller.config.functions import DEFAULT_RUNTIME, Function, Runtime
 from poller.config.loader import default_config_path, load_config
 from poller.config.models import (
-    Admin,
     AwsConnection,
     Config,
     Connection,
@@ -33,6 +33,7 @@ from poller.config.models import (
 __all__ = [
     "DEFAULT_RUNTIME",
     "Admin",
+    "AdminCredentials",
     "AwsConnection",
     "Config",
     "Connection",

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from poller.config.admin import Admin
 from poller.config.base import Model as _Model
 
 # The connections section lives in its own module; its models are part of this one's interface.
@@ -22,7 +23,6 @@ from poller.config.connections import KafkaConnection as KafkaConnection
 from poller.config.connections import RabbitMQConnection as RabbitMQConnection
 from poller.config.functions import Function
 from poller.engine.filters import FILTER_FIELDS, MAX_FILTERS, FilterCriteria, FilterPatternError
-from poller.redaction import Secret
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 
@@ -309,16 +309,6 @@ class Mapping(_Model):
     def on_failure_destination(self) -> str | None:
         on_failure = self.destination_config and self.destination_config.on_failure
         return on_failure.destination if on_failure else None
-
-
-class Admin(_Model):
-    host: str = Field("127.0.0.1", description="Loopback by default; 0.0.0.0 in a container.")
-    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port (it is logged).")
-    token: Secret | None = Field(
-        None,
-        description="Bearer token every endpoint but /healthz and /readyz requires, e.g. "
-        "${POLLER_ADMIN_TOKEN}.",
-    )
 
 
 class Config(_Model):

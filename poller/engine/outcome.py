@@ -26,11 +26,13 @@ def _is_runtime(filename: str) -> bool:
 
 @dataclass(frozen=True)
 class InvocationError:
-    """Why an invocation failed, in Lambda's error shape."""
+    """Why an invocation failed, in Lambda's error shape. ``document``: the error document exactly
+    as the function's runtime posted it, when it posted one (the Invoke API answers with it)."""
 
     error_type: str
     message: str
     stack_trace: list[str] = field(default_factory=list)
+    document: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> InvocationError:

@@ -1,12 +1,14 @@
-"""Admin HTTP endpoints (aiohttp): /healthz, /readyz, /metrics, /mappings, and the controls that
-act on a running poller (POST /reload, /mappings/NAME/enable and /mappings/NAME/disable).
+"""Admin HTTP endpoints (aiohttp): /healthz, /readyz, /metrics, /mappings, the controls that
+act on a running poller (POST /reload, /mappings/NAME/enable and /mappings/NAME/disable), and the
+Lambda Invoke API (:mod:`poller.invocation.api`).
 
 ``/readyz`` is true once every enabled mapping polls and every function is started (its
 provisioned environments initialised). With ``admin.token`` every endpoint but /healthz and
 /readyz (which probes must reach without credentials) needs ``Authorization: Bearer <token>``,
-compared in constant time (SPEC section 16). Errors shown here (``lastError``, the reasons on
-``/readyz``) pass through :func:`poller.redaction.redact`: no password or URL credentials leave
-through the admin port.
+compared in constant time (SPEC section 16); so does the Invoke API, unless ``admin.credentials``
+are set, in which case it checks SigV4 signatures itself and the token does not apply to it.
+Errors shown here (``lastError``, the reasons on ``/readyz``) pass through
+:func:`poller.redaction.redact`: no password or URL credentials leave through the admin port.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from poller.engine.windows import state_size
+from poller.invocation.api import InvokeApi
 from poller.observability.metrics import FunctionCollector, RunnerCollector, lag_of
 from poller.redaction import redact
 from poller.runtime.function import FunctionRuntime
@@ -57,6 +60,7 @@ class AdminServer:
         controls: Controls | None = None,
         token: str | None = None,
         functions: Mapping[str, FunctionRuntime] | None = None,
+        invoke_api: InvokeApi | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -65,6 +69,7 @@ class AdminServer:
         self.registry = registry
         self.controls = controls
         self._token = token.encode() if token else None
+        self.invoke_api = invoke_api
         registry.register(RunnerCollector(runners))
         registry.register(FunctionCollector(self.functions))
         self._runner: web.AppRunner | None = None
@@ -77,6 +82,8 @@ class AdminServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/reload", self._reload)
         app.router.add_post("/mappings/{name}/{action:enable|disable}", self._switch)
+        if self.invoke_api is not None:
+            self.invoke_api.add_routes(app.router)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -93,7 +100,8 @@ class AdminServer:
     async def _authenticate(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if self._token is not None and request.path not in OPEN_PATHS:
+        signed = self.invoke_api is not None and self.invoke_api.authenticates(request)
+        if self._token is not None and request.path not in OPEN_PATHS and not signed:
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self._token):
                 return web.json_response(

@@ -20,7 +20,9 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import os
+import resource
 import threading
 import time
 import uuid
@@ -32,10 +34,11 @@ import orjson
 from poller.config import Function
 from poller.connections.aws import ACCOUNT_ID, default_region
 from poller.engine.outcome import InvocationError
+from poller.errors import Throttled
 from poller.observability.tracing import xray_trace_header
 from poller.runtime.environments.api import Invocation, Response
 from poller.runtime.environments.environment import FunctionSpec, InvokeResult
-from poller.runtime.environments.logs import InvocationLog
+from poller.runtime.environments.logs import InvocationLog, end_line, report_line, start_line
 from poller.runtime.environments.pool import EnvironmentPool
 from poller.runtime.environments.runtimes import launch_of
 from poller.runtime.handler import load_handler
@@ -48,6 +51,39 @@ log = logging.getLogger(__name__)
 class CognitoIdentity:
     cognito_identity_id: str | None = None
     cognito_identity_pool_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Client:
+    """``context.client_context.client``, as Lambda's Python runtime makes it of the caller's
+    client context (its ``client`` object)."""
+
+    installation_id: Any = None
+    app_title: Any = None
+    app_version_name: Any = None
+    app_version_code: Any = None
+    app_package_name: Any = None
+
+
+@dataclass(frozen=True)
+class ClientContext:
+    """``context.client_context`` of an inline handler: the attributes that Lambda's Python runtime
+    gives it (the Invoke API's ``X-Amz-Client-Context``, decoded)."""
+
+    custom: Any = None
+    env: Any = None
+    client: Client | None = None
+
+    @classmethod
+    def of(cls, document: dict[str, Any]) -> ClientContext:
+        client = document.get("client")
+        return cls(
+            custom=document.get("custom"),
+            env=document.get("env"),
+            client=Client(**{key: client.get(key) for key in Client.__dataclass_fields__})
+            if isinstance(client, dict)
+            else None,
+        )
 
 
 @dataclass
@@ -129,8 +165,8 @@ class FunctionRuntime:
     @property
     def ready(self) -> bool:
         """Whether the function can be invoked: inline, or started (its provisioned environments
-        initialised)."""
-        return self.pool is None or self._started
+        initialised) and not closed."""
+        return self.pool is None or (self._started and not self.pool.closed)
 
     async def start(self, tasks: BackgroundTasks) -> None:
         """Initialise the provisioned environments; the pool's own tasks (replacing provisioned
@@ -169,6 +205,7 @@ class FunctionRuntime:
         *,
         fresh: bool = False,
         report: InvocationReport | None = None,
+        wait: bool = True,
     ) -> Any:
         """Run the handler once; return its result, or an InvocationError describing the failure.
 
@@ -176,13 +213,14 @@ class FunctionRuntime:
         ``EventFormat.event``), so the handler may have it as it is. Otherwise the handler gets a
         JSON copy, which also refuses what JSON cannot carry, as Lambda's invoke API would.
         ``context`` gives the request id (and client context) to use; ``report`` gets the
-        invocation's id and whether it was a cold start."""
+        invocation's id and whether it was a cold start. Without concurrency left the invocation
+        waits for it, or, with ``wait=False``, raises Throttled at once."""
         if self.pool is not None:
             try:
                 payload = orjson.dumps(event)
             except TypeError as exc:
                 return InvocationError("Runtime.MarshalError", f"event is not JSON: {exc}")
-            result = await self.invoke_payload(payload, context, report=report)
+            result = await self.invoke_payload(payload, context, report=report, wait=wait)
             if isinstance(result.answer, Response):
                 return decode_response(result.answer.payload)
             return result.answer
@@ -191,6 +229,8 @@ class FunctionRuntime:
                 event = orjson.loads(orjson.dumps(event))
             except TypeError as exc:
                 return InvocationError("Runtime.MarshalError", f"event is not JSON: {exc}")
+        if not wait and self._slots is not None and self._slots.locked():
+            raise Throttled(f"function {self.name}: no concurrency left for an invocation that may not wait")
         context = context or self.new_context()
         if report is not None:
             report.invocation_id = context.aws_request_id
@@ -203,18 +243,23 @@ class FunctionRuntime:
             return await self._invoke(event, context)
 
     async def invoke_payload(
-        self, payload: bytes, context: LambdaContext | None = None, *, report: InvocationReport | None = None
+        self,
+        payload: bytes,
+        context: LambdaContext | None = None,
+        *,
+        report: InvocationReport | None = None,
+        wait: bool = True,
     ) -> InvokeResult:
-        """Invoke a function that runs in environments with ``payload`` (JSON), as the Invoke API
-        does: the result has the response as the function's runtime serialised it, the
-        invocation's own log, its duration, its memory and whether it was a cold start."""
+        """Invoke the function with ``payload`` (JSON), as the Invoke API does: the result has the
+        response as the function's runtime serialised it, the invocation's own log (START, what
+        the handler printed, END and REPORT), its duration, its memory and whether it was a cold
+        start. ``context.client_context`` is the caller's client context (a JSON object). Without
+        concurrency left the invocation waits for it, or, with ``wait=False``, raises Throttled.
+
+        An inline function's log holds Lambda's lines only (what its handler prints goes to
+        poller's own output), and its memory is poller's own peak."""
         if self.pool is None:
-            result = await self.invoke(orjson.loads(payload), context, fresh=True, report=report)
-            request_id = report.invocation_id if report is not None and report.invocation_id else ""
-            if isinstance(result, InvocationError):
-                return InvokeResult(request_id, result, False, 0.0, None, 0, InvocationLog(request_id))
-            answer = Response(orjson.dumps(result), "application/json")
-            return InvokeResult(request_id, answer, False, 0.0, None, 0, InvocationLog(request_id))
+            return await self._invoke_inline_payload(payload, context or self.new_context(), report, wait)
         invocation = Invocation(
             request_id=context.aws_request_id if context is not None else str(uuid.uuid4()),
             payload=payload,
@@ -225,10 +270,35 @@ class FunctionRuntime:
         )
         if report is not None:
             report.invocation_id = invocation.request_id
-        result = await self.pool.invoke(invocation)
+        result = await self.pool.invoke(invocation, wait=wait)
         if report is not None:
             report.coldstart = result.cold_start
         return result
+
+    async def _invoke_inline_payload(
+        self, payload: bytes, context: LambdaContext, report: InvocationReport | None, wait: bool
+    ) -> InvokeResult:
+        if isinstance(context.client_context, dict):
+            # The object Lambda's Python runtime makes of it, so that handlers read it alike.
+            context.client_context = ClientContext.of(context.client_context)
+        request_id = context.aws_request_id
+        cold = self._first_inline
+        started = time.monotonic()
+        result = await self.invoke(orjson.loads(payload), context, fresh=True, report=report, wait=wait)
+        duration = time.monotonic() - started
+        used = _own_peak_memory_mb()
+        log = InvocationLog(request_id)
+        log.add(start_line(request_id))
+        log.add(end_line(request_id))
+        log.add(
+            report_line(
+                request_id, duration=duration, memory_size=self.config.memory_size, max_memory_used=used
+            )
+        )
+        if isinstance(result, InvocationError):
+            return InvokeResult(request_id, result, cold, duration, None, used, log)
+        answer = Response(orjson.dumps(result), "application/json")
+        return InvokeResult(request_id, answer, cold, duration, None, used, log)
 
     async def _invoke(self, own_event: dict[str, Any], context: LambdaContext) -> Any:
         context.deadline = time.monotonic() + self.config.timeout
@@ -313,6 +383,11 @@ def decode_response(payload: bytes) -> Any:
             return json.loads(payload)
         except ValueError:
             return payload.decode("utf-8", "replace")
+
+
+def _own_peak_memory_mb() -> int:
+    """Poller's own peak resident memory, in MB (an inline handler shares it)."""
+    return math.ceil(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
 
 
 def _json_header(value: Any) -> str | None:

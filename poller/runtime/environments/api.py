@@ -265,6 +265,7 @@ def _error_document(body: bytes | None, header_type: str | None) -> InvocationEr
         str(document.get("errorType") or header_type or "Runtime.Unknown"),
         str(document.get("errorMessage", "")),
         [str(line) for line in stack],
+        document=body,
     )
 
 

@@ -3,8 +3,10 @@
 As Lambda scales a function (https://docs.aws.amazon.com/lambda/latest/dg/lambda-concurrency.html):
 an invocation takes an idle environment, a provisioned one first, else the most recently used
 (the warmest); when none is idle it starts one (a cold start), as long as fewer than
-``reserved_concurrent_executions`` are busy; beyond that it waits for one to be free (it never
-fails for want of one; 0 means every invocation waits: throttled). Provisioned environments are
+``reserved_concurrent_executions`` are busy; beyond that it waits for one to be free (0 means
+every invocation waits: throttled), unless the caller may not wait (a synchronous Invoke API
+call), which is then refused at once with :class:`~poller.errors.Throttled`, as Lambda answers
+it. Provisioned environments are
 initialised by :meth:`EnvironmentPool.start` and replaced when they end; on-demand ones idle for
 ``idle_timeout_in_seconds`` are stopped.
 """
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 
 from poller.engine.backoff import Backoff
 from poller.engine.outcome import InvocationError
-from poller.errors import PollerError
+from poller.errors import PollerError, Throttled
 from poller.runtime.environments.api import Invocation
 from poller.runtime.environments.environment import Environment, FunctionSpec, InvokeResult, State
 from poller.runtime.environments.logs import InvocationLog
@@ -91,6 +93,11 @@ class EnvironmentPool:
         return len(self._idle)
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called: the pool takes no more invocations."""
+        return self._closed
+
+    @property
     def provisioned_ready(self) -> int:
         """Provisioned environments initialised and alive (idle or busy)."""
         return sum(1 for e in self._all if e.provisioned and e.state in (State.IDLE, State.BUSY))
@@ -145,12 +152,17 @@ class EnvironmentPool:
 
     # --- invocations -----------------------------------------------------------------------------
 
-    async def invoke(self, invocation: Invocation) -> InvokeResult:
-        """Run ``invocation`` in an environment, waiting for one as long as it takes. Never raises
-        for what the function does; a failed init of the environment started for it is its
-        result (with ``cold_start`` set)."""
+    async def invoke(self, invocation: Invocation, *, wait: bool = True) -> InvokeResult:
+        """Run ``invocation`` in an environment, waiting for one as long as it takes; with
+        ``wait=False``, raise Throttled at once instead when ``reserved_concurrent_executions``
+        invocations are in flight (or it is 0). Never raises for what the function does; a failed
+        init of the environment started for it is its result (with ``cold_start`` set)."""
         if self._tasks is None or self._closed:
             raise RuntimeError(f"function {self.spec.name}: invoke before start or after close")
+        if not wait and self._slots is not None and self._slots.locked():
+            raise Throttled(
+                f"function {self.spec.name}: no concurrency left for an invocation that may not wait"
+            )
         self._invoking += 1
         self._quiet.clear()
         try:
@@ -161,6 +173,8 @@ class EnvironmentPool:
                 self._quiet.set()
 
     async def _invoke(self, invocation: Invocation) -> InvokeResult:
+        # Nothing awaits between the check in invoke() and taking the slot here, so a slot that
+        # was free there is still free.
         async with self._slot():
             environment = self._take_idle()
             cold = environment is None
