@@ -215,6 +215,32 @@ class FunctionRuntime:
                 return InvokeResult(request_id, result, False, 0.0, None, 0, InvocationLog(request_id))
             answer = Response(orjson.dumps(result), "application/json")
             return InvokeResult(request_id, answer, False, 0.0, None, 0, InvocationLog(request_id))
+        result = await self._in_pool(self.pool, payload, context, report, wait=True)
+        assert result is not None, "an invocation that waits always runs"
+        return result
+
+    async def try_invoke_payload(
+        self, payload: bytes, context: LambdaContext | None = None, *, report: InvocationReport | None = None
+    ) -> InvokeResult | None:
+        """As :meth:`invoke_payload` if the function has concurrency left now; None, without
+        invoking, if ``reserved_concurrent_executions`` invocations are in flight (or it is 0):
+        a synchronous caller is then throttled, as Lambda answers it 429."""
+        if self.pool is not None:
+            return await self._in_pool(self.pool, payload, context, report, wait=False)
+        if self._slots is not None and self._slots.locked():
+            return None
+        # Nothing awaits between this look and the slot that invoke takes.
+        return await self.invoke_payload(payload, context, report=report)
+
+    async def _in_pool(
+        self,
+        pool: EnvironmentPool,
+        payload: bytes,
+        context: LambdaContext | None,
+        report: InvocationReport | None,
+        *,
+        wait: bool,
+    ) -> InvokeResult | None:
         invocation = Invocation(
             request_id=context.aws_request_id if context is not None else str(uuid.uuid4()),
             payload=payload,
@@ -225,8 +251,8 @@ class FunctionRuntime:
         )
         if report is not None:
             report.invocation_id = invocation.request_id
-        result = await self.pool.invoke(invocation)
-        if report is not None:
+        result = await pool.invoke(invocation) if wait else await pool.try_invoke(invocation)
+        if report is not None and result is not None:
             report.coldstart = result.cold_start
         return result
 

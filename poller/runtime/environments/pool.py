@@ -3,8 +3,9 @@
 As Lambda scales a function (https://docs.aws.amazon.com/lambda/latest/dg/lambda-concurrency.html):
 an invocation takes an idle environment, a provisioned one first, else the most recently used
 (the warmest); when none is idle it starts one (a cold start), as long as fewer than
-``reserved_concurrent_executions`` are busy; beyond that it waits for one to be free (it never
-fails for want of one; 0 means every invocation waits: throttled). Provisioned environments are
+``reserved_concurrent_executions`` are busy; beyond that it waits for one to be free (0 means
+every invocation waits: throttled), or, with :meth:`EnvironmentPool.try_invoke`, does not invoke at
+all (a synchronous caller is answered 429, as Lambda throttles it). Provisioned environments are
 initialised by :meth:`EnvironmentPool.start` and replaced when they end; on-demand ones idle for
 ``idle_timeout_in_seconds`` are stopped.
 """
@@ -151,17 +152,31 @@ class EnvironmentPool:
         result (with ``cold_start`` set)."""
         if self._tasks is None or self._closed:
             raise RuntimeError(f"function {self.spec.name}: invoke before start or after close")
+        result = await self._counted(invocation, wait=True)
+        assert result is not None, "an invocation that waits always gets a slot"
+        return result
+
+    async def try_invoke(self, invocation: Invocation) -> InvokeResult | None:
+        """As :meth:`invoke` if the function has concurrency left now; None, without invoking,
+        if ``reserved_concurrent_executions`` invocations are in flight already (or it is 0)."""
+        if self._tasks is None or self._closed:
+            raise RuntimeError(f"function {self.spec.name}: invoke before start or after close")
+        return await self._counted(invocation, wait=False)
+
+    async def _counted(self, invocation: Invocation, *, wait: bool) -> InvokeResult | None:
         self._invoking += 1
         self._quiet.clear()
         try:
-            return await self._invoke(invocation)
+            return await self._invoke(invocation, wait=wait)
         finally:
             self._invoking -= 1
             if not self._invoking:
                 self._quiet.set()
 
-    async def _invoke(self, invocation: Invocation) -> InvokeResult:
-        async with self._slot():
+    async def _invoke(self, invocation: Invocation, *, wait: bool) -> InvokeResult | None:
+        async with self._slot(wait=wait) as got:
+            if not got:
+                return None
             environment = self._take_idle()
             cold = environment is None
             if environment is None:
@@ -184,12 +199,17 @@ class EnvironmentPool:
                 self._put_back(environment)
 
     @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
+    async def _slot(self, *, wait: bool) -> AsyncIterator[bool]:
+        """A concurrency slot for one invocation: True once it has one; False at once, when it
+        must not ``wait`` and every slot is taken."""
         if self._slots is None:
-            yield
+            yield True
+            return
+        if not wait and self._slots.locked():
+            yield False
             return
         async with self._slots:
-            yield
+            yield True
 
     def _take_idle(self) -> Environment | None:
         """An idle environment: a provisioned one first, else the most recently used."""
