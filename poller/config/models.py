@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from poller.config.base import Model as _Model
+from poller.config.function_url import function_url_errors
 from poller.config.functions import Function
 from poller.engine.filters import FILTER_FIELDS, MAX_FILTERS, FilterCriteria, FilterPatternError
 
@@ -438,6 +439,7 @@ class Config(_Model):
                         "scaling_config applies to sqs and rabbitmq sources only",
                     )
                 )
+        errors += function_url_errors({n: f.function_url for n, f in self.functions.items()}, self.admin.port)
         seen_env: dict[str, tuple[str, str]] = {}
         for fname, function in self.functions.items():
             if not function.inline:
