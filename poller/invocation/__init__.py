@@ -1,0 +1,1 @@
+"""Invoking functions from outside a mapping: function URLs (SPEC section 13)."""
