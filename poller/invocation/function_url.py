@@ -17,7 +17,7 @@ import logging
 import time
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from poller.config.function_url import FunctionUrl
 from poller.errors import PollerError
@@ -144,7 +144,7 @@ class FunctionUrlListener:
             return _with(TOO_LARGE, headers)
         result = await function.try_invoke_payload(payload, context, report=span.invocation)
         if result is None:
-            log.warning("function %s: request %s throttled (no concurrency left): 429", self.name, request_id)
+            log.info("function %s: request %s throttled (no concurrency left): 429", self.name, request_id)
             return _with(THROTTLED, headers)
         if not isinstance(result.answer, Response):
             error = result.answer
@@ -171,6 +171,10 @@ async def _body_within_limit(request: web.BaseRequest) -> bytes | None:
     is not read further: the 413 closes the connection)."""
     if request.content_length is not None and request.content_length > MAX_PAYLOAD_BYTES:
         return None
+    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+        # The client (curl, for a body past 1 KB) waits for this before it sends the body.
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not begun
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(_CHUNK):

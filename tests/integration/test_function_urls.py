@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from support import recorded_lines, running, serving, wait_for
 
 from poller.app import App
 from poller.config import Config, load_config
+from poller.invocation.function_url import FunctionUrlError
 from poller.invocation.http_event import MAX_PAYLOAD_BYTES
 from poller.observability.tracing import Telemetry
 
@@ -150,7 +152,10 @@ async def test_plain_results_base64_bodies_and_function_errors(tmp_path: Path) -
         async with http.get(url(app, "web", "plain")) as response:
             plain = (response.status, response.headers["Content-Type"], await response.read())
         async with http.post(
-            url(app, "web", "reverse"), data=binary, headers={"Content-Type": "application/octet-stream"}
+            url(app, "web", "reverse"),
+            data=binary,
+            headers={"Content-Type": "application/octet-stream"},
+            expect100=True,  # as curl asks for a body past 1 KB: the listener says continue
         ) as response:
             reversed_ = (response.status, response.headers["Content-Type"], await response.read())
         async with http.post(url(app, "web", "raise"), json={}) as response:
@@ -265,7 +270,8 @@ async def test_a_request_is_a_server_span_with_the_invocations_attributes_and_is
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     async with urls(tmp_path, telemetry=Telemetry(tracer_provider=provider)) as (app, http):
-        async with http.get(url(app, "web", "plain?secret=1")) as response:
+        caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        async with http.get(url(app, "web", "plain?secret=1"), headers={"traceparent": caller}) as response:
             request_id = response.headers["x-amzn-RequestId"]
             trace_header = response.headers["X-Amzn-Trace-Id"]
         async with http.get(url(app, "web", "raise")) as response:
@@ -275,6 +281,8 @@ async def test_a_request_is_a_server_span_with_the_invocations_attributes_and_is
     spans = {span.attributes["url.path"]: span for span in exporter.get_finished_spans() if span.attributes}
     plain, failed = spans["/plain"], spans["/raise"]
     assert (plain.name, plain.kind) == ("GET", SpanKind.SERVER)
+    assert plain.parent is not None
+    assert f"{plain.parent.span_id:016x}" == "b7ad6b7169203331", "the caller's trace continues"
     assert plain.attributes is not None
     assert failed.attributes is not None
     assert plain.attributes["http.request.method"] == "GET"
@@ -292,3 +300,23 @@ async def test_a_request_is_a_server_span_with_the_invocations_attributes_and_is
     assert handled["event"]["headers"]["x-amzn-trace-id"] == trace_header
     assert 'poller_function_url_requests_total{function="web",status="2xx"} 1.0' in metrics
     assert 'poller_function_url_requests_total{function="web",status="5xx"} 1.0' in metrics
+
+
+async def test_a_url_that_cannot_listen_stops_the_start_with_one_clear_error(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        document = config_of(tmp_path)
+        document["functions"]["web"]["function_url"] = {"port": port}
+        app = App(Config.model_validate(document), drain_timeout=5)
+        with pytest.raises(ExceptionGroup) as raised:
+            await asyncio.wait_for(app.run(), 30)
+    finally:
+        taken.close()
+    [error] = raised.value.exceptions
+    assert isinstance(error, FunctionUrlError)
+    assert str(error).startswith(f"function web: function URL cannot listen on 127.0.0.1:{port}: ")
+    assert app.functions["web"].pool is not None
+    assert app.functions["web"].pool.environments() == [], "the functions were closed"
