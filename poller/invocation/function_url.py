@@ -169,6 +169,8 @@ class FunctionUrlListener:
 async def _body_within_limit(request: web.BaseRequest) -> bytes | None:
     """The request's body, or None when it is larger than an invocation payload may be (then it
     is not read further: the 413 closes the connection)."""
+    if not request.body_exists:
+        return b""
     if request.content_length is not None and request.content_length > MAX_PAYLOAD_BYTES:
         return None
     if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":

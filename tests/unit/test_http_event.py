@@ -10,11 +10,14 @@ import json
 import locale
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 from aws_lambda_powertools.utilities.parser.models import LambdaFunctionUrlModel
 
+from handlers import web
 from poller.invocation.http_event import (
     HttpRequest,
     MalformedResponse,
@@ -345,3 +348,21 @@ def test_a_base64_body_is_decoded() -> None:
 def test_a_malformed_response_is_refused(result: dict[str, Any], problem: str) -> None:
     with pytest.raises(MalformedResponse, match=problem.replace("(", r"\(")):
         response_of(json.dumps(result).encode())
+
+
+def test_the_example_handler_answers_get_and_post_through_the_conversions() -> None:
+    context = SimpleNamespace(aws_request_id="req-9")
+    hello = web.handler(event_of("/hello?name=Ada"), context)
+    greeting = response_of(orjson.dumps(hello))
+    assert (greeting.status, greeting.header("content-type"), greeting.body) == (
+        200,
+        "text/plain",
+        b"hello, Ada\n",
+    )
+    posted = event_of(
+        "/echo", [("Host", "h"), ("Content-Type", "application/json")], b'{"a": 1}', method="POST"
+    )
+    echo = response_of(orjson.dumps(web.handler(posted, context)))
+    assert (echo.status, json.loads(echo.body)) == (200, {"echo": {"a": 1}, "requestId": "req-9"})
+    refused = response_of(orjson.dumps(web.handler(event_of("/", method="DELETE"), context)))
+    assert (refused.status, refused.header("allow")) == (405, "GET, POST")
