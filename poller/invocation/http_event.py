@@ -9,8 +9,9 @@ left out when the request has none, as Lambda leaves them out.
 The response follows Lambda's rules: a JSON object with ``statusCode`` is the response itself
 (``headers``, ``cookies`` as ``Set-Cookie`` each, ``body``, base64-decoded when ``isBase64Encoded``);
 any other result is a 200 ``application/json`` whose body is that JSON, written compactly, except
-that a string is the body as it is (what AWS answers, measured: a function returning ``"hello"``
-gives the five bytes ``hello``; the guide's example shows it quoted). A result that claims to be a
+that a string is the body as it is (what AWS answers, as LocalStack's tests recorded it against
+AWS: a function returning ``"hello"`` gives the five bytes ``hello``; the guide's example shows it
+quoted). A result that claims to be a
 response but is not a valid one (a ``statusCode`` that is no HTTP status, headers that are not a
 map of strings, a body that is not base64 though it says so) is a 502, as a function error is.
 """
@@ -91,8 +92,9 @@ class MalformedResponse(ValueError):
     """A function's result says it is an HTTP response (it has ``statusCode``) but is not one."""
 
 
-# What Lambda answers when the function failed (raised, timed out, crashed) or returned a malformed
-# response, when it has no concurrency left, and when the request cannot be an invocation payload.
+# The answers that do not come from the function: when it failed (raised, timed out, crashed) or
+# returned a malformed response (AWS answers this 502 with this body), when it has no concurrency
+# left, and when the request cannot be an invocation payload (with the Invoke API's error names).
 FUNCTION_ERROR = HttpResponse(502, [("Content-Type", JSON)], b"Internal Server Error")
 THROTTLED = HttpResponse(
     429,
@@ -303,8 +305,8 @@ def _body_of(body: Any, base64_encoded: bool) -> bytes:
 
 
 def _compact_json(value: Any) -> bytes:
-    """JSON without spaces, as Lambda writes a result back (measured: ``{"hello": "world"}`` from
-    Python's runtime reaches the caller as the 17 bytes ``{"hello":"world"}``)."""
+    """JSON without spaces, as Lambda writes a result back (recorded against AWS: ``{"hello": "world"}``
+    from Python's runtime reaches the caller as the 17 bytes ``{"hello":"world"}``)."""
     try:
         return orjson.dumps(value)
     except TypeError:  # integers past 64 bits, which the Python runtime writes and orjson does not

@@ -310,6 +310,7 @@ async def test_a_url_that_cannot_listen_stops_the_start_with_one_clear_error(tmp
         port = taken.getsockname()[1]
         document = config_of(tmp_path)
         document["functions"]["web"]["function_url"] = {"port": port}
+        document["functions"]["web"]["provisioned_concurrent_executions"] = 1  # started before the URL
         app = App(Config.model_validate(document), drain_timeout=5)
         with pytest.raises(ExceptionGroup) as raised:
             await asyncio.wait_for(app.run(), 30)
@@ -319,4 +320,5 @@ async def test_a_url_that_cannot_listen_stops_the_start_with_one_clear_error(tmp
     assert isinstance(error, FunctionUrlError)
     assert str(error).startswith(f"function web: function URL cannot listen on 127.0.0.1:{port}: ")
     assert app.functions["web"].pool is not None
-    assert app.functions["web"].pool.environments() == [], "the functions were closed"
+    assert sum(app.functions["web"].pool.stats.init_counts) == 1, "the provisioned environment had started"
+    assert app.functions["web"].pool.environments() == [], "its provisioned environment was stopped"
