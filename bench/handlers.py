@@ -1,4 +1,5 @@
-"""Handlers that the poller under test invokes (``bench.handlers:noop`` and ``bench.handlers:latency``).
+"""Handlers that the poller under test invokes (``bench.handlers:noop``, ``bench.handlers:latency``
+and, behind a function URL, ``bench.handlers.http_ok``).
 
 ``noop`` only counts the records of its event into the shared progress file, so that the poller's
 throughput is measured exactly like the raw loops': per batch handed to user code. ``latency``
@@ -42,6 +43,11 @@ async def latency(event: dict[str, Any], context: object) -> None:
         _latency_out.flush()
     if _progress is not None:
         _progress.add(len(lines))
+
+
+def http_ok(event: dict[str, Any], context: object) -> dict[str, Any]:
+    """A function URL's smallest useful answer: a status and a two-byte body."""
+    return {"statusCode": 200, "body": "ok"}
 
 
 def sent_times(event: dict[str, Any]) -> list[int]:

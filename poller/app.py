@@ -24,6 +24,7 @@ from poller.config.diff import diff
 from poller.destinations import Destination, build_destination
 from poller.errors import ConfigError, PollerError
 from poller.invocation.api import InvokeApi
+from poller.invocation.url_listeners import FunctionUrls, urls_of
 from poller.observability.admin import AdminServer
 from poller.observability.invocation_spans import InvocationSpans
 from poller.observability.tracing import Telemetry, configure_tracing, flush_tracing, shutdown_tracing
@@ -45,7 +46,8 @@ GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections 
 class App:
     """Everything one config file describes, wired together. Building it imports every inline
     handler; running it starts every function's environments (the provisioned ones before the
-    mappings poll) and stops them after the mappings drained.
+    mappings poll) and stops them after the mappings drained. A function's URL listens from the
+    function's start until the service stops.
 
     ``runners`` holds a runner for every mapping of the config, enabled or not (a disabled one is
     only shown), and ``functions`` every function; the admin server reads both, so they are
@@ -87,6 +89,7 @@ class App:
                 spans=InvocationSpans(self.telemetry.tracer),
             ),
         )
+        self.function_urls = FunctionUrls(self.telemetry)
         self.stopping = asyncio.Event()
         self._reload_wanted = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None  # the running mappings
@@ -142,8 +145,11 @@ class App:
                     # Provisioned environments are initialised before any mapping polls, so
                     # /readyz turns true only once they are there.
                     await self._start_functions(list(self.functions.values()))
+                    await self.function_urls.start(urls_of(self.config.functions), self.functions)
                     await self._run_mappings()
                 finally:
+                    # Requests in flight on the URLs finish within the drain, as batches do.
+                    await self.function_urls.close(self.drain_timeout)
                     # After the mappings drained: what they still invoke is abandoned anyway.
                     await self._retiring.close()
                     for function in self.functions.values():
@@ -244,6 +250,7 @@ class App:
             # A function that changed is swapped under the running mapping: in-flight invocations
             # finish on the old one, the next ones use the new one.
             self.runners[name].swap_function(self.functions[new.mappings[name].function_name])
+        await self.function_urls.reload(urls_of(new.functions), self.functions, self.drain_timeout)
         self.destinations = {name: d for name, d in self.destinations.items() if name in new.destinations}
         await asyncio.gather(*(self._stop(name) for name in changes.removed | changes.changed))
         for name in changes.removed:

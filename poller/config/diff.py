@@ -4,7 +4,8 @@ A mapping is unchanged, and keeps running without a pause, when its own settings
 is everything it reads from and writes to: its source's connection, its on-failure destination and
 that destination's connection, and the connection of its checkpoint store. Its function may change
 all the same: the function is swapped under the running mapping (its in-flight invocations finish
-on the old one).
+on the old one). A function whose ``function_url`` alone changed is not a changed function: its
+listener restarts, its environments stay.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ class ConfigDiff:
     changed: frozenset[str] = field(default_factory=frozenset)  # drain, then start anew
     unchanged: frozenset[str] = field(default_factory=frozenset)  # keep running
     functions_changed: frozenset[str] = field(default_factory=frozenset)  # swap under their mappings
+    function_urls_changed: frozenset[str] = field(default_factory=frozenset)  # restart their listeners
     admin_changed: bool = False  # takes a restart: the admin server keeps its address
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.removed or self.changed or self.functions_changed)
+        return not (
+            self.added or self.removed or self.changed or self.functions_changed or self.function_urls_changed
+        )
 
 
 def diff(old: Config, new: Config) -> ConfigDiff:
@@ -36,15 +40,21 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     changed = {
         name for name in both if _footprint(old, old.mappings[name]) != _footprint(new, new.mappings[name])
     }
+    kept = set(old.functions) & set(new.functions)
     functions = {
-        name for name in set(old.functions) & set(new.functions) if old.functions[name] != new.functions[name]
+        name
+        for name in kept
+        if old.functions[name].model_dump(exclude={"function_url"})
+        != new.functions[name].model_dump(exclude={"function_url"})
     }
+    urls = {name for name in kept if old.functions[name].function_url != new.functions[name].function_url}
     return ConfigDiff(
         added=frozenset(after - before),
         removed=frozenset(before - after),
         changed=frozenset(changed),
         unchanged=frozenset(both - changed),
         functions_changed=frozenset(functions),
+        function_urls_changed=frozenset(urls),
         admin_changed=old.admin != new.admin,
     )
 

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from poller.config.base import Model
+from poller.config.function_url import FunctionUrl
 
 HANDLER_PATTERN = r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$"
 
@@ -78,6 +79,7 @@ class Function(Model):
     idle_timeout_in_seconds: int = Field(
         600, ge=1, le=86400, description="An idle on-demand environment is stopped after this long."
     )
+    function_url: FunctionUrl | None = Field(None, description="An HTTP listener that invokes the function.")
 
     @property
     def effective_runtime(self) -> Runtime:

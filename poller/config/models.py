@@ -21,6 +21,7 @@ from poller.config.connections import AwsConnection as AwsConnection
 from poller.config.connections import Connection as Connection
 from poller.config.connections import KafkaConnection as KafkaConnection
 from poller.config.connections import RabbitMQConnection as RabbitMQConnection
+from poller.config.function_url import function_url_errors
 from poller.config.functions import Function
 from poller.engine.filters import FILTER_FIELDS, MAX_FILTERS, FilterCriteria, FilterPatternError
 
@@ -383,6 +384,7 @@ class Config(_Model):
                         "scaling_config applies to sqs and rabbitmq sources only",
                     )
                 )
+        errors += function_url_errors({n: f.function_url for n, f in self.functions.items()}, self.admin.port)
         seen_env: dict[str, tuple[str, str]] = {}
         for fname, function in self.functions.items():
             if not function.inline:
