@@ -89,7 +89,7 @@ class App:
                 spans=InvocationSpans(self.telemetry.tracer),
             ),
         )
-        self.function_urls = FunctionUrls(self.telemetry)
+        self.function_urls = FunctionUrls(self.telemetry, config.admin.credentials)
         self.stopping = asyncio.Event()
         self._reload_wanted = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None  # the running mappings

@@ -80,8 +80,8 @@ class FunctionUrl(Model):
     )
     authorization_type: Literal["NONE", "AWS_IAM"] = Field(
         "NONE",
-        description="NONE: anyone who reaches the port may invoke the function. AWS_IAM (requests "
-        "signed with SigV4) is not supported yet.",
+        description="NONE: anyone who reaches the port may invoke the function. AWS_IAM: only requests "
+        "signed (SigV4, service lambda) with admin.credentials.",
     )
     cors: Cors | None = Field(None, description="Cross-origin resource sharing; none when omitted.")
     invoke_mode: Literal["BUFFERED", "RESPONSE_STREAM"] = Field(
@@ -89,16 +89,6 @@ class FunctionUrl(Model):
         description="BUFFERED: the response is sent once the function returned. RESPONSE_STREAM is not "
         "supported yet.",
     )
-
-    @field_validator("authorization_type")
-    @classmethod
-    def _check_authorization(cls, value: str) -> str:
-        if value == "AWS_IAM":
-            raise ValueError(
-                "AWS_IAM is not supported yet: function URLs take authorization_type NONE only "
-                "(put the listener behind a proxy that authenticates, or keep it on loopback)"
-            )
-        return value
 
     @field_validator("invoke_mode")
     @classmethod
@@ -109,14 +99,21 @@ class FunctionUrl(Model):
 
 
 def function_url_errors(
-    urls: Mapping[str, FunctionUrl | None], admin_port: int
+    urls: Mapping[str, FunctionUrl | None], admin_port: int, *, has_credentials: bool
 ) -> list[tuple[tuple[str | int, ...], str]]:
-    """Ports that two listeners of one poller would both need, as (key path, message) pairs: each
-    function URL needs a port of its own, other than the admin server's (0, a free port, never
-    collides)."""
+    """What the function URLs of one poller cannot all have, as (key path, message) pairs: each
+    needs a port of its own, other than the admin server's (0, a free port, never collides), and
+    AWS_IAM needs the credentials requests are signed with."""
     errors: list[tuple[tuple[str | int, ...], str]] = []
     owners: dict[int, str] = {}
     for name, url in urls.items():
+        if url is not None and url.authorization_type == "AWS_IAM" and not has_credentials:
+            errors.append(
+                (
+                    ("functions", name, "function_url", "authorization_type"),
+                    "AWS_IAM needs admin.credentials: the access key that requests are signed with",
+                )
+            )
         if url is None or url.port == 0:
             continue
         path: tuple[str | int, ...] = ("functions", name, "function_url", "port")

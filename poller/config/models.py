@@ -384,7 +384,11 @@ class Config(_Model):
                         "scaling_config applies to sqs and rabbitmq sources only",
                     )
                 )
-        errors += function_url_errors({n: f.function_url for n, f in self.functions.items()}, self.admin.port)
+        errors += function_url_errors(
+            {n: f.function_url for n, f in self.functions.items()},
+            self.admin.port,
+            has_credentials=self.admin.credentials is not None,
+        )
         seen_env: dict[str, tuple[str, str]] = {}
         for fname, function in self.functions.items():
             if not function.inline:

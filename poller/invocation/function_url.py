@@ -20,9 +20,11 @@ import orjson
 from aiohttp import HttpVersion11, web
 
 from poller.config.function_url import FunctionUrl
+from poller.connections.aws import ACCOUNT_ID
 from poller.errors import PollerError, Throttled
 from poller.invocation.cors import is_preflight, preflight_response, with_cors
 from poller.invocation.http_event import (
+    FORBIDDEN,
     FUNCTION_ERROR,
     MAX_PAYLOAD_BYTES,
     THROTTLED,
@@ -34,6 +36,7 @@ from poller.invocation.http_event import (
     request_event,
     response_of,
 )
+from poller.invocation.sigv4 import SignatureVerifier
 from poller.invocation.url_telemetry import UrlRequestSpan, UrlTelemetry
 from poller.observability.tracing import xray_trace_header
 from poller.runtime.environments.api import Response
@@ -53,12 +56,21 @@ class FunctionUrlListener:
     closes; :meth:`swap` puts another function (a reload's) under the running listener."""
 
     def __init__(
-        self, name: str, settings: FunctionUrl, function: FunctionRuntime, telemetry: UrlTelemetry
+        self,
+        name: str,
+        settings: FunctionUrl,
+        function: FunctionRuntime,
+        telemetry: UrlTelemetry,
+        verifier: SignatureVerifier | None = None,
     ) -> None:
+        """``verifier``: with ``authorization_type: AWS_IAM``, what checks each request's signature."""
+        if settings.authorization_type == "AWS_IAM" and verifier is None:
+            raise ValueError(f"function {name}: an AWS_IAM function URL needs a signature verifier")
         self.name = name
         self.settings = settings
         self.function = function
         self.telemetry = telemetry
+        self.verifier = verifier if settings.authorization_type == "AWS_IAM" else None
         self.port = settings.port
         # Lambda's URL id is 32 lower-case letters and digits; this one is stable per function.
         self.url_id = hashlib.sha256(function.arn.encode()).hexdigest()[:32]
@@ -120,11 +132,24 @@ class FunctionUrlListener:
             f"HTTP/{request.version.major}.{request.version.minor}",
         )
         if cors is not None and is_preflight(http):
+            # Browsers send preflights unsigned: Lambda answers them before it checks a signature.
             return preflight_response(cors, http)
-        response = await self._invoke(http, body is None, span)
+        signer = None
+        if self.verifier is not None and body is not None:
+            digest = hashlib.sha256(body).hexdigest()
+            rejected = self.verifier.verify(request.method, request.raw_path, request.headers, digest)
+            if rejected is not None:
+                log.info(
+                    "function %s: %s %s refused: %s", self.name, request.method, http.target, rejected.code
+                )
+                return FORBIDDEN
+            signer = self.verifier.access_key_id
+        response = await self._invoke(http, body is None, span, signer)
         return with_cors(cors, http, response) if cors is not None else response
 
-    async def _invoke(self, http: HttpRequest, too_large: bool, span: UrlRequestSpan) -> HttpResponse:
+    async def _invoke(
+        self, http: HttpRequest, too_large: bool, span: UrlRequestSpan, signer: str | None = None
+    ) -> HttpResponse:
         function = self.function  # the one the whole request uses, even if a reload swaps it
         context = function.new_context()
         request_id = context.aws_request_id
@@ -134,8 +159,11 @@ class FunctionUrlListener:
             headers.append(("X-Amzn-Trace-Id", trace_header))
         payload = b""
         if not too_large:
-            url = UrlInfo(self.url_id, self.port)
-            event = request_event(http, url, request_id, now=time.time(), trace_header=trace_header)
+            # Lambda names the function's account where a signature names the caller.
+            url = UrlInfo(self.url_id, self.port, ACCOUNT_ID) if signer else UrlInfo(self.url_id, self.port)
+            event = request_event(
+                http, url, request_id, now=time.time(), trace_header=trace_header, signer=signer
+            )
             payload = orjson.dumps(event)
         if too_large or len(payload) > MAX_PAYLOAD_BYTES:
             log.info(

@@ -96,6 +96,9 @@ class MalformedResponse(ValueError):
 # returned a malformed response (AWS answers this 502 with this body), when it has no concurrency
 # left, and when the request cannot be an invocation payload (with the Invoke API's error names).
 FUNCTION_ERROR = HttpResponse(502, [("Content-Type", JSON)], b"Internal Server Error")
+FORBIDDEN = HttpResponse(
+    403, [("Content-Type", JSON), ("x-amzn-ErrorType", "AccessDeniedException")], b'{"Message":"Forbidden"}'
+)
 THROTTLED = HttpResponse(
     429,
     [("Content-Type", JSON), ("x-amzn-ErrorType", "TooManyRequestsException")],
@@ -113,10 +116,17 @@ TOO_LARGE = HttpResponse(
 
 
 def request_event(
-    request: HttpRequest, url: UrlInfo, request_id: str, *, now: float, trace_header: str | None = None
+    request: HttpRequest,
+    url: UrlInfo,
+    request_id: str,
+    *,
+    now: float,
+    trace_header: str | None = None,
+    signer: str | None = None,
 ) -> dict[str, Any]:
     """The payload format 2.0 event of ``request``. ``now``: epoch seconds of its arrival;
-    ``trace_header``: the X-Ray header of its span, passed on as ``x-amzn-trace-id``."""
+    ``trace_header``: the X-Ray header of its span, passed on as ``x-amzn-trace-id``; ``signer``:
+    the access key id that signed it (``AWS_IAM``), which becomes ``requestContext.authorizer``."""
     path, _, query = request.target.partition("?")
     headers, cookies = _event_headers(request, url, trace_header)
     event: dict[str, Any] = {
@@ -131,7 +141,7 @@ def request_event(
     parameters = _query_parameters(query)
     if parameters:
         event["queryStringParameters"] = parameters
-    event["requestContext"] = {
+    context: dict[str, Any] = {
         "accountId": url.account_id,
         "apiId": url.url_id,
         "domainName": headers.get("host", ""),
@@ -149,6 +159,9 @@ def request_event(
         "time": request_time(now),
         "timeEpoch": int(now * 1000),
     }
+    if signer is not None:
+        context["authorizer"] = {"iam": iam_caller(signer, url.account_id)}
+    event["requestContext"] = context
     if request.body:
         text = _as_text(request.body, headers.get("content-type"))
         event["body"] = text if text is not None else base64.b64encode(request.body).decode("ascii")
@@ -156,6 +169,20 @@ def request_event(
     else:
         event["isBase64Encoded"] = False
     return event
+
+
+def iam_caller(access_key_id: str, account_id: str) -> dict[str, Any]:
+    """``requestContext.authorizer.iam`` of a request signed with poller's one access key: no IAM
+    stands behind it, so the key id names the caller and its user (``arn:aws:iam::ACCOUNT:user/KEY``)."""
+    return {
+        "accessKey": access_key_id,
+        "accountId": account_id,
+        "callerId": access_key_id,
+        "cognitoIdentity": None,
+        "principalOrgId": None,
+        "userArn": f"arn:aws:iam::{account_id}:user/{access_key_id}",
+        "userId": access_key_id,
+    }
 
 
 def request_time(now: float) -> str:

@@ -64,7 +64,7 @@ class SignatureVerifier:
         service: str = "lambda",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._access_key_id = access_key_id
+        self.access_key_id = access_key_id
         self._credentials = Credentials(access_key_id, secret_access_key)
         self._service = service
         self._clock = clock
@@ -119,7 +119,7 @@ class SignatureVerifier:
         return None
 
     def _check_scope(self, authorization: _Authorization, amz_date: str) -> SignatureRejected | None:
-        if not hmac.compare_digest(authorization.access_key_id.encode(), self._access_key_id.encode()):
+        if not hmac.compare_digest(authorization.access_key_id.encode(), self.access_key_id.encode()):
             return _unrecognized()
         if authorization.service != self._service:
             return SignatureRejected(

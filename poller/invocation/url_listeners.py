@@ -13,8 +13,10 @@ import logging
 from collections.abc import Mapping
 
 from poller.config import Function
+from poller.config.admin import AdminCredentials
 from poller.config.function_url import FunctionUrl
 from poller.invocation.function_url import FunctionUrlError, FunctionUrlListener
+from poller.invocation.sigv4 import SignatureVerifier
 from poller.invocation.url_telemetry import UrlTelemetry
 from poller.observability.tracing import Telemetry
 from poller.runtime.function import FunctionRuntime
@@ -25,8 +27,14 @@ log = logging.getLogger(__name__)
 class FunctionUrls:
     """Every function URL listener of one App, by function name."""
 
-    def __init__(self, telemetry: Telemetry) -> None:
+    def __init__(self, telemetry: Telemetry, credentials: AdminCredentials | None = None) -> None:
+        """``credentials``: what requests to ``AWS_IAM`` URLs must be signed with."""
         self.telemetry = UrlTelemetry(telemetry)
+        self.verifier = (
+            SignatureVerifier(credentials.access_key_id, credentials.secret_access_key.reveal())
+            if credentials is not None
+            else None
+        )
         self.listeners: dict[str, FunctionUrlListener] = {}
 
     async def start(self, urls: Mapping[str, FunctionUrl], functions: Mapping[str, FunctionRuntime]) -> None:
@@ -64,7 +72,7 @@ class FunctionUrls:
         await _close_all(listeners, drain_timeout)
 
     async def _open(self, name: str, settings: FunctionUrl, function: FunctionRuntime) -> None:
-        listener = FunctionUrlListener(name, settings, function, self.telemetry)
+        listener = FunctionUrlListener(name, settings, function, self.telemetry, self.verifier)
         await listener.start()
         self.listeners[name] = listener
 

@@ -2,7 +2,7 @@
 that records what it saw: the payload format 2.0 event a request becomes, the response Lambda's
 rules make of the result, base64 both ways, a function error (502), a throttle (429), a body over
 the payload limit (413), CORS preflights answered by the listener, the drain at stop, a reload,
-and the request's span and metrics."""
+the request's span and metrics, and AWS_IAM URLs that take only signed requests."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ import aiohttp
 import pytest
 import yaml
 from aws_lambda_powertools.utilities.parser.models import LambdaFunctionUrlModel
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -322,3 +325,39 @@ async def test_a_url_that_cannot_listen_stops_the_start_with_one_clear_error(tmp
     assert app.functions["web"].pool is not None
     assert sum(app.functions["web"].pool.stats.init_counts) == 1, "the provisioned environment had started"
     assert app.functions["web"].pool.environments() == [], "its provisioned environment was stopped"
+
+
+def signed(method: str, target: str, body: bytes, key: str, secret: str) -> dict[str, str]:
+    """The headers of a request signed as AWS's SDKs sign a function URL request (SigV4, lambda)."""
+    request = AWSRequest(method=method, url=target, data=body, headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(key, secret), "lambda", "us-east-1").add_auth(request)
+    return dict(request.headers.items())
+
+
+async def test_an_aws_iam_url_invokes_only_requests_signed_with_the_admin_credentials(
+    tmp_path: Path,
+) -> None:
+    key, secret = "AKIAPOLLERTESTKEY", "url-signing-secret-value"
+    config = {
+        "functions": {"private": function(tmp_path, {"port": 0, "authorization_type": "AWS_IAM"})},
+        "admin": {"port": 0, "credentials": {"access_key_id": key, "secret_access_key": secret}},
+    }
+    async with running(Config.model_validate(config)) as app, aiohttp.ClientSession() as http:
+        await wait_for(lambda: app.function_urls.listeners, message="the URL listening")
+        target, body = url(app, "private", "plain?x=1"), b'{"a": 1}'
+        async with http.post(target, data=body) as response:
+            assert response.status == 403, "unsigned"
+            assert await response.json() == {"Message": "Forbidden"}
+        wrong = signed("POST", target, body, key, "another-secret-value")
+        async with http.post(target, data=body, headers=wrong) as response:
+            assert response.status == 403, "signed with another secret"
+        async with http.post(
+            target, data=body, headers=signed("POST", target, body, key, secret)
+        ) as response:
+            assert response.status == 200
+            assert (await response.json())["greeting"] == "hello"
+    [record] = seen(tmp_path)  # only the signed request reached the function
+    context = record["event"]["requestContext"]
+    assert context["authorizer"]["iam"]["accessKey"] == key
+    assert context["accountId"] != "anonymous"
+    LambdaFunctionUrlModel.model_validate(record["event"])

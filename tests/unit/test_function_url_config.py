@@ -60,17 +60,28 @@ def test_what_poller_cannot_do_yet_is_refused_with_its_line(tmp_path: Path) -> N
             handler: handlers.echo.handler
             function_url:
               port: 9001
-              authorization_type: AWS_IAM
               invoke_mode: RESPONSE_STREAM
         """,
     )
-    found = problems(path)
-    assert found == [
-        f"{path}:6: functions.web.function_url.authorization_type: AWS_IAM is not supported yet: function "
-        "URLs take authorization_type NONE only (put the listener behind a proxy that authenticates, "
-        "or keep it on loopback)",
-        f"{path}:7: functions.web.function_url.invoke_mode: RESPONSE_STREAM is not supported yet: "
+    assert problems(path) == [
+        f"{path}:6: functions.web.function_url.invoke_mode: RESPONSE_STREAM is not supported yet: "
         "function URLs answer BUFFERED only",
+    ]
+
+
+def test_aws_iam_needs_the_admin_credentials_that_requests_are_signed_with(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        functions:
+          web:
+            handler: handlers.echo.handler
+            function_url: {port: 9001, authorization_type: AWS_IAM}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:4: functions.web.function_url.authorization_type: AWS_IAM needs admin.credentials: the "
+        "access key that requests are signed with",
     ]
 
 
