@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from poller.config.base import Model
+from poller.config.invocation import DeadLetterConfig, EventInvokeConfig
 
 HANDLER_PATTERN = r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$"
 
@@ -78,6 +79,10 @@ class Function(Model):
     idle_timeout_in_seconds: int = Field(
         600, ge=1, le=86400, description="An idle on-demand environment is stopped after this long."
     )
+    event_invoke_config: EventInvokeConfig = Field(
+        default_factory=EventInvokeConfig, description="Retries and destinations of asynchronous invocations."
+    )
+    dead_letter_config: DeadLetterConfig | None = None
 
     @property
     def effective_runtime(self) -> Runtime:
