@@ -23,7 +23,11 @@ from poller.config import Config, Mapping, SqliteCheckpoints, load_config
 from poller.config.diff import diff
 from poller.destinations import Destination, build_destination
 from poller.errors import ConfigError, PollerError
+from poller.invocation.async_invoker import AsyncInvocations
+from poller.invocation.async_store import build_event_store
 from poller.observability.admin import AdminServer
+from poller.observability.async_metrics import AsyncInvocationCollector
+from poller.observability.async_spans import AsyncTelemetry
 from poller.observability.tracing import Telemetry, configure_tracing, flush_tracing, shutdown_tracing
 from poller.runtime.function import FunctionRuntime
 from poller.runtime.runner import MappingRunner
@@ -67,6 +71,17 @@ class App:
             name: FunctionRuntime(name, function) for name, function in config.functions.items()
         }
         self.destinations: dict[str, Destination] = {}
+        # The queue of asynchronous invocations (SPEC 13): the Invoke API's Event requests call
+        # its accept; its workers run from the functions' start until the drain.
+        self.async_invocations = AsyncInvocations(
+            build_event_store(config.async_queue),
+            functions=self.functions,
+            destination_of=self._async_destination,
+            telemetry=AsyncTelemetry(self.telemetry.tracer, self.telemetry.registry),
+            clock=clock,
+            drain_timeout=drain_timeout,
+        )
+        self.telemetry.registry.register(AsyncInvocationCollector(self.async_invocations))
         self.runners: dict[str, MappingRunner] = {
             name: self._runner(name, mapping) for name, mapping in config.mappings.items()
         }
@@ -116,6 +131,10 @@ class App:
             self.destinations[name] = build_destination(name, self.config)
         return self.destinations[name]
 
+    def _async_destination(self, name: str) -> Destination | None:
+        """The destination ``name`` of the running config (None when a reload removed it)."""
+        return self._destination(name) if name in self.config.destinations else None
+
     def stop(self) -> None:
         self.stopping.set()
 
@@ -135,7 +154,12 @@ class App:
                     # Provisioned environments are initialised before any mapping polls, so
                     # /readyz turns true only once they are there.
                     await self._start_functions(list(self.functions.values()))
-                    await self._run_mappings()
+                    workers = functions.create_task(self.async_invocations.run(), name="async invocations")
+                    try:
+                        await self._run_mappings()
+                    finally:
+                        self.async_invocations.stop()  # in-flight attempts finish within the drain
+                        await asyncio.wait([workers])
                 finally:
                     # After the mappings drained: what they still invoke is abandoned anyway.
                     await self._retiring.close()
@@ -146,6 +170,7 @@ class App:
             for destination in self.destinations.values():
                 await destination.close()
             await self.admin.close()
+            await self.async_invocations.close()
 
     async def _run_mappings(self) -> None:
         enabled = [name for name, runner in self.runners.items() if runner.mapping.enabled]
@@ -162,6 +187,7 @@ class App:
                         await self.reload()
                 for runner in self.runners.values():
                     runner.stop()
+                self.async_invocations.stop()  # drains alongside the mappings
         finally:
             self._group = None
 
