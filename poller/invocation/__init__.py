@@ -1,4 +1,4 @@
-"""Asynchronous invocation (SPEC section 13): the durable queue of accepted events
-(:mod:`.async_store`), the workers that attempt and retry them (:mod:`.async_invoker`), when to
-retry and when to give up (:mod:`.schedule`, pure), what destinations receive (:mod:`.record`,
-pure) and sending it to them (:mod:`.delivery`)."""
+"""Asynchronous invocation (SPEC section 13): the durable queue of accepted events (:mod:`.queue`,
+:mod:`.async_store`), the workers that attempt and retry them (:mod:`.async_invoker`,
+:mod:`.attempts`), when to retry and when to give up (:mod:`.schedule`, pure), what destinations
+receive (:mod:`.record`, pure) and sending it to them (:mod:`.delivery`)."""

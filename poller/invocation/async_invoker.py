@@ -3,33 +3,28 @@ workers within each function's concurrency, retried as Lambda retries them, and 
 function's destinations (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async.html).
 
 :meth:`AsyncInvocations.accept` is the ``EventQueue`` behind the Invoke API's ``Event`` type: it
-returns once the event is committed to the store. :meth:`AsyncInvocations.run` works the store:
-the store is the truth, so events that another process added (``poller invoke --async``) are
-found by looking at it every :data:`POLL_INTERVAL` seconds; events accepted here wake the workers
-at once. Each step of an event is a write to its row (see :mod:`.async_store`): an attempt that
-a crash interrupted is made again after the restart, and retry waits are rows with a later
-``due_at``, not tasks, so a backlog costs no memory beyond the attempts running.
+returns once the event is committed to the store. :meth:`AsyncInvocations.run` works the store.
+The store is the truth: events that another process added (``poller invoke --async``) are found
+by looking at it every :data:`POLL_INTERVAL` seconds, while what happens in this process (an
+accept, a finished attempt, a retry written) wakes the workers at once. Each step of an event is
+a write to its row (:mod:`.async_store`), so an attempt that a crash interrupted is made again
+after the restart; a retry's wait is a row with a later ``due_at``, not a task, so a backlog costs
+no memory beyond the attempts running.
 
 **Concurrency**: at most ``reserved_concurrent_executions`` attempts of a function at once (the
-pool's limit, which the function's mappings share), or :data:`UNRESERVED_CONCURRENCY` for a
-function without a reservation. **Throttles**: Lambda throttles an asynchronous event when the
-function has no concurrency left and retries it with backoff until the event is too old. Here a
-function with reserved concurrency 0 throttles every event; otherwise an attempt that finds
-every environment busy (the function's mappings took them) waits for one, as the pool makes
-every invocation wait: that wait is the queue, not a throttle, so it uses up no retries.
+limit of its environment pool, which the function's mappings share), or
+:data:`UNRESERVED_CONCURRENCY` (at least its provisioned environments) without a reservation.
+What counts as a throttle is said in :mod:`.attempts`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import collections
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import orjson
+from typing import Any
 
 from poller.clock import Clock
 from poller.config import Function
@@ -37,73 +32,36 @@ from poller.connections.aws import ACCOUNT_ID, default_region
 from poller.destinations import Destination
 from poller.engine.backoff import Backoff
 from poller.errors import PollerError
-from poller.invocation.async_store import (
-    DELIVER,
+from poller.invocation.attempts import AsyncCounts, AsyncFunction, Attempts
+from poller.invocation.delivery import Deliveries, event_ids
+from poller.invocation.queue import (
     EventQueueError,
     EventStore,
     FunctionBacklog,
     LastAttempt,
     QueueBusy,
     StoredEvent,
-    Target,
-)
-from poller.invocation.delivery import DEAD_LETTER, THROTTLE_ERROR, Deliveries, event_ids
-from poller.invocation.schedule import (
-    EVENT_AGE_EXCEEDED,
-    SUCCESS,
-    GiveUp,
-    RetryPolicy,
-    after_function_error,
-    after_throttle,
 )
 from poller.observability.async_spans import AsyncTelemetry
-from poller.runtime.environments.api import Response
-from poller.runtime.environments.environment import InvokeResult
-from poller.runtime.function import InvocationReport, LambdaContext
 
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 1_048_576  # bytes: Lambda's limit for an asynchronous invocation's payload
 UNRESERVED_CONCURRENCY = 10  # attempts at once of a function without reserved concurrency
 DELIVERY_CONCURRENCY = 16  # events sent to destinations at once
-POLL_INTERVAL = 0.5  # seconds between looks at the store for events added by other processes
+POLL_INTERVAL = 0.5  # seconds between looks at the whole store (events other processes added)
 BACKLOG_REFRESH = 1.0  # seconds between counts of the events in the store (for the metrics)
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.5, 10.0
-THROTTLE_MESSAGE = "Rate Exceeded: the function has no concurrency left (reserved_concurrent_executions is 0)"
 
 
 class PayloadTooLarge(PollerError):
     """An asynchronous invocation's payload is over Lambda's 1 MB limit."""
 
 
-class AsyncFunction(Protocol):
-    """What the invoker needs of a function (a FunctionRuntime)."""
-
-    name: str
-    arn: str
-    config: Function
-
-    def new_context(self) -> LambdaContext: ...
-
-    async def invoke_payload(
-        self, payload: bytes, context: LambdaContext | None = None, *, report: InvocationReport | None = None
-    ) -> InvokeResult: ...
-
-
-@dataclass
-class AsyncCounts:
-    """One function's asynchronous events since start, read by the metrics at scrape time."""
-
-    received: int = 0  # accepted by this process (AsyncEventsReceived)
-    attempts: int = 0
-    succeeded: int = 0
-    retries: dict[str, int] = field(default_factory=dict)  # by reason: FunctionError, Throttled
-    dropped: dict[str, int] = field(default_factory=dict)  # given up, by condition (AsyncEventsDropped)
-
-
 class AsyncInvocations:
-    """The queue of asynchronous events of every function, and its workers. :meth:`open` before
-    :meth:`accept`; :meth:`run` works the queue until :meth:`stop`, then drains; :meth:`close`."""
+    """The queue of asynchronous events of every function, and its workers. :meth:`accept` at
+    any time (the first one opens the store); :meth:`run` works the queue until :meth:`stop`,
+    then drains; :meth:`close` at the end."""
 
     def __init__(
         self,
@@ -122,18 +80,37 @@ class AsyncInvocations:
         self.clock = clock or Clock()
         self.telemetry = telemetry
         self.drain_timeout = drain_timeout
-        self.counts: dict[str, AsyncCounts] = {}
         self.backlog: dict[str, FunctionBacklog] = {}
-        self.deliveries = Deliveries(store, destination_of, self._arn_of, self.clock, telemetry)
+        self.consuming = False  # this process holds the queue, and works it
+        self._delivering: set[str] = set()
+        self.attempts = Attempts(store, telemetry, self.clock, self._delivering, self._scheduled)
+        self.deliveries = Deliveries(
+            store, destination_of, self._arn_of, self.clock, telemetry, self._scheduled
+        )
         self._opened = False
         self._opening = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
-        self._attempting: dict[str, set[str]] = {}  # function -> request ids attempted now
-        self._delivering: set[str] = set()
+        # Per function: the events read from the store and not written back yet (read ahead,
+        # being attempted, or having what followed written), those of them read ahead, and how
+        # many are in the function (what its concurrency limits).
+        self._taken: dict[str, set[str]] = {}
+        self._ready: dict[str, collections.deque[StoredEvent]] = {}
+        self._running: dict[str, int] = {}
+        self._maybe_due: set[str] = set()  # functions that may have events due (look at the store)
+        self._group: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._next_due: float | None = None  # the earliest due_at in the future known here
+        self._look_at = float("-inf")  # when to look at the whole store again (clock time)
         self._backlog_at = float("-inf")
-        self.consuming = False  # this process holds the queue (and works it)
+
+    @property
+    def counts(self) -> dict[str, AsyncCounts]:
+        return self.attempts.counts
+
+    def attempting(self, function: str) -> int:
+        """Events of ``function`` in the function now."""
+        return self._running.get(function, 0)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -155,9 +132,6 @@ class AsyncInvocations:
         self._stopping.set()
         self._wake.set()
 
-    def attempting(self, function: str) -> int:
-        return len(self._attempting.get(function, ()))
-
     # --- accepting -------------------------------------------------------------------------------
 
     async def accept(
@@ -169,7 +143,8 @@ class AsyncInvocations:
         await enqueue(
             self.store, self.telemetry, function.name, payload, request_id, trace_parent, self.clock.now()
         )
-        self._counts(function.name).received += 1
+        self.attempts.counts_of(function.name).received += 1
+        self._maybe_due.add(function.name)
         self._wake.set()
 
     # --- the workers -----------------------------------------------------------------------------
@@ -182,18 +157,18 @@ class AsyncInvocations:
             return
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 await self._dispatch(group)
                 if self._tasks:
                     _, late = await asyncio.wait(self._tasks, timeout=self.drain_timeout)
                     for task in late:
                         task.cancel()
                     if late:
-                        log.warning(
-                            "async invocations: %d attempt(s) cut short by the drain; they stay queued",
-                            len(late),
-                        )
+                        log.warning("async invocations: %d cut short by the drain stay queued", len(late))
         finally:
+            self._group = None
             self.consuming = False
+            self._ready.clear()  # read ahead, not started: they wait in the store
             self.store.release_consumer()
 
     async def _become_consumer(self) -> bool:
@@ -202,7 +177,7 @@ class AsyncInvocations:
         while not self._stopping.is_set():
             try:
                 if not self._opened and not self.store.exists():
-                    await self.clock.wait(POLL_INTERVAL, until=self._wake)  # accept opens it
+                    await self.clock.wait(POLL_INTERVAL, until=self._wake)  # an accept opens it
                     self._wake.clear()
                     continue
                 await self.open()
@@ -236,36 +211,99 @@ class AsyncInvocations:
             await self.clock.wait(wait, until=self._wake)
 
     async def _dispatch_once(self, group: asyncio.TaskGroup) -> float:
-        """Start what is due; return how long to wait before looking again."""
+        """Start what is due; return how long to wait before looking again. The whole store is
+        read every POLL_INTERVAL and when a time written here comes due; in between, only the
+        functions that may have due events (an accept, a full page last time) are read."""
         now = self.clock.now()
-        for name, function in list(self.functions.items()):
-            attempting = self._attempting.setdefault(name, set())
-            free = concurrency_of(function.config) - len(attempting)
-            for event in await self.store.due_invocations(name, now, free, skip=attempting):
-                if self._stopping.is_set():
-                    return 0.0
-                attempting.add(event.request_id)
-                self._spawn(group, self._attempt(function, event))
+        look = now >= self._look_at or (self._next_due is not None and now >= self._next_due)
+        if look:
+            self._maybe_due.update(self.functions)
+        for name in list(self._maybe_due):
+            function = self.functions.get(name)
+            if function is None:  # a reload removed it: its events wait (shown in the metrics)
+                self._maybe_due.discard(name)
+                for event in self._ready.pop(name, ()):
+                    self._taken[name].discard(event.request_id)
+                continue
+            await self._read_ahead(name, function, now)
+            if self._stopping.is_set():
+                return 0.0
+            self._start_ready(name)
+        if look:
+            await self._look(group, now)
+        if self._next_due is None:
+            return max(0.0, self._look_at - now)
+        return max(0.0, min(self._next_due, self._look_at) - now)
+
+    async def _look(self, group: asyncio.TaskGroup, now: float) -> None:
+        """Read what only the whole store knows: deliveries due (tried again after a failure, or
+        left by a process that stopped), the next due time, the backlog for the metrics."""
         free = DELIVERY_CONCURRENCY - len(self._delivering)
         for event in await self.store.due_deliveries(now, free, skip=self._delivering):
             self._delivering.add(event.request_id)
             self._spawn(group, self._deliver(event))
+        self._next_due = await self.store.next_due(now)
         if time.monotonic() - self._backlog_at >= BACKLOG_REFRESH:
             self.backlog = await self.store.backlog()
             self._backlog_at = time.monotonic()
-        next_due = await self.store.next_due(now)
-        return POLL_INTERVAL if next_due is None else max(0.0, min(POLL_INTERVAL, next_due - now))
+        self._look_at = now + POLL_INTERVAL
+
+    async def _read_ahead(self, name: str, function: AsyncFunction, now: float) -> None:
+        """Read due events of ``name``: enough to fill its free concurrency, and as many again
+        to start the moment an attempt ends, without a read in between."""
+        limit = concurrency_of(function.config)
+        ready = self._ready.setdefault(name, collections.deque())
+        taken = self._taken.setdefault(name, set())
+        wanted = 2 * limit - self._running.get(name, 0) - len(ready)
+        if wanted <= 0:
+            return  # a finished attempt starts the next one; the function stays in _maybe_due
+        due = await self.store.due_invocations(name, now, wanted, skip=taken)
+        if len(due) < wanted:
+            self._maybe_due.discard(name)  # every due event of the function is read
+        for event in due:
+            taken.add(event.request_id)
+            ready.append(event)
+
+    def _start_ready(self, name: str) -> None:
+        """Start events read ahead, as the function's concurrency allows."""
+        function = self.functions.get(name)
+        ready = self._ready.get(name)
+        if function is None or not ready or self._group is None or self._stopping.is_set():
+            return
+        free = concurrency_of(function.config) - self._running.get(name, 0)
+        for _ in range(min(free, len(ready))):
+            event = ready.popleft()
+            self._running[name] = self._running.get(name, 0) + 1
+            self._spawn(self._group, self._attempt(function, event))
+
+    def _scheduled(self, due: float) -> None:
+        """A retry or a delivery was written to fall due at ``due``."""
+        if self._next_due is None or due < self._next_due:
+            self._next_due = due
+            self._wake.set()
 
     def _spawn(self, group: asyncio.TaskGroup, work: Coroutine[Any, Any, None]) -> None:
         task = group.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # --- one attempt -----------------------------------------------------------------------------
-
     async def _attempt(self, function: AsyncFunction, event: StoredEvent) -> None:
+        name = event.function
+        running = True
+
+        def invoked() -> None:
+            # The function is free for the next event (started here, without a read), while
+            # what followed this one is written.
+            nonlocal running
+            if running:
+                running = False
+                self._running[name] -= 1
+                self._start_ready(name)
+                self._maybe_due.add(name)
+                self._wake.set()
+
         try:
-            decided = await self._attempt_once(function, event)
+            decided = await self.attempts.attempt(function, event, invoked)
         except EventQueueError as exc:
             decided = None
             log.error(
@@ -276,131 +314,10 @@ class AsyncInvocations:
                 extra=event_ids(event),
             )
         finally:
-            self._attempting.get(event.function, set()).discard(event.request_id)
-            self._wake.set()
+            invoked()
+            self._taken.get(name, set()).discard(event.request_id)
         if decided is not None:
             await self._deliver(decided)
-
-    async def _attempt_once(self, function: AsyncFunction, event: StoredEvent) -> StoredEvent | None:
-        """Attempt the event and write down what follows; returns the event when it is decided
-        and has destinations to reach."""
-        policy = RetryPolicy.of(function.config.event_invoke_config)
-        now = self.clock.now()
-        if policy.expired(event.accepted_at, now):
-            return await self._give_up(
-                function, event, GiveUp(EVENT_AGE_EXCEEDED), event.attempts, event.throttles, event.last, now
-            )
-        counts = self._counts(event.function)
-        attempt = event.attempts + event.throttles + 1
-        with self.telemetry.attempt(
-            event.function, event.request_id, event.trace_parent, attempt=attempt, age=now - event.accepted_at
-        ) as report:
-            if function.config.reserved_concurrent_executions == 0:
-                report.throttled = True
-                result = None
-            else:
-                counts.attempts += 1
-                result = await function.invoke_payload(
-                    event.payload, self._context(function, event), report=report
-                )
-                report.error = result.error
-        now = self.clock.now()
-        if result is None:
-            throttles = event.throttles + 1
-            last = LastAttempt(event.last.response, THROTTLE_ERROR, THROTTLE_MESSAGE)
-            decision = after_throttle(policy, throttles=throttles, accepted_at=event.accepted_at, now=now)
-            attempts = event.attempts
-        elif isinstance(result.answer, Response):
-            counts.succeeded += 1
-            last = LastAttempt(result.answer.payload)
-            return await self._finish(
-                function, event, SUCCESS, event.attempts + 1, event.throttles, last, now
-            )
-        else:
-            error = result.answer
-            throttles, attempts = event.throttles, event.attempts + 1
-            last = LastAttempt(orjson.dumps(error.to_json()), error.error_type, error.message)
-            decision = after_function_error(policy, attempts=attempts, accepted_at=event.accepted_at, now=now)
-        if isinstance(decision, GiveUp):
-            return await self._give_up(function, event, decision, attempts, throttles, last, now)
-        await self.store.retry(
-            event.request_id, due_at=decision.due, attempts=attempts, throttles=throttles, last=last
-        )
-        counts.retries[decision.reason] = counts.retries.get(decision.reason, 0) + 1
-        log.warning(
-            "async event %s of %s: %s (%s); retry in %.1f s",
-            event.request_id,
-            event.function,
-            "throttled" if result is None else f"attempt {attempts} failed",
-            last.error_type,
-            decision.due - now,
-            extra=event_ids(event),
-        )
-        return None
-
-    async def _give_up(
-        self,
-        function: AsyncFunction,
-        event: StoredEvent,
-        decision: GiveUp,
-        attempts: int,
-        throttles: int,
-        last: LastAttempt,
-        now: float,
-    ) -> StoredEvent | None:
-        counts = self._counts(event.function)
-        counts.dropped[decision.condition] = counts.dropped.get(decision.condition, 0) + 1
-        log.error(
-            "async event %s of %s: dropped after %d attempt(s), %s: %s",
-            event.request_id,
-            event.function,
-            attempts,
-            decision.condition,
-            last.error_message or "the event was not attempted in time",
-            extra=event_ids(event),
-        )
-        return await self._finish(function, event, decision.condition, attempts, throttles, last, now)
-
-    async def _finish(
-        self,
-        function: AsyncFunction,
-        event: StoredEvent,
-        condition: str,
-        attempts: int,
-        throttles: int,
-        last: LastAttempt,
-        now: float,
-    ) -> StoredEvent | None:
-        targets = targets_of(function.config, condition)
-        if targets:
-            # Marked before the write, so that the dispatcher does not start the same delivery.
-            self._delivering.add(event.request_id)
-        try:
-            await self.store.finish(
-                event.request_id,
-                condition=condition,
-                now=now,
-                attempts=attempts,
-                throttles=throttles,
-                last=last,
-                targets=targets,
-            )
-        except BaseException:
-            self._delivering.discard(event.request_id)
-            raise
-        if not targets:
-            return None
-        return dataclasses.replace(
-            event,
-            stage=DELIVER,
-            attempts=attempts,
-            throttles=throttles,
-            last=last,
-            condition=condition,
-            finished_at=now,
-            pending=tuple(targets),
-            delivery_failures=0,
-        )
 
     async def _deliver(self, event: StoredEvent) -> None:
         self._delivering.add(event.request_id)
@@ -416,19 +333,6 @@ class AsyncInvocations:
             )
         finally:
             self._delivering.discard(event.request_id)
-            self._wake.set()
-
-    def _context(self, function: AsyncFunction, event: StoredEvent) -> LambdaContext:
-        # Every attempt of an event has the event's request id, as on Lambda.
-        context = function.new_context()
-        context.aws_request_id = event.request_id
-        return context
-
-    def _counts(self, function: str) -> AsyncCounts:
-        counts = self.counts.get(function)
-        if counts is None:
-            counts = self.counts[function] = AsyncCounts()
-        return counts
 
     def _arn_of(self, function: str) -> str:
         known = self.functions.get(function)
@@ -462,14 +366,3 @@ def concurrency_of(config: Function) -> int:
         return max(UNRESERVED_CONCURRENCY, config.provisioned_concurrent_executions)
     # Reserved 0 throttles every event at once, without invoking: no reason to take them one by one.
     return reserved or UNRESERVED_CONCURRENCY
-
-
-def targets_of(config: Function, condition: str) -> list[Target]:
-    """The destinations a decided event goes to: on_success, or on_failure and the dead-letter one."""
-    destinations = config.event_invoke_config.destination_config
-    if condition == SUCCESS:
-        return [Target("on_success", destinations.on_success.destination)] if destinations.on_success else []
-    targets = [Target("on_failure", destinations.on_failure.destination)] if destinations.on_failure else []
-    if config.dead_letter_config is not None:
-        targets.append(Target(DEAD_LETTER, config.dead_letter_config.destination))
-    return targets

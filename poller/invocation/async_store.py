@@ -23,17 +23,25 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from poller.config.invocation import AsyncQueue
 from poller.connections.sqlite import SqliteFile
-from poller.errors import PollerError, SourceError
-
-INVOKE, DELIVER = 0, 1
+from poller.errors import SourceError
+from poller.invocation.queue import (
+    DELIVER,
+    INVOKE,
+    EventQueueError,
+    EventStore,
+    FunctionBacklog,
+    LastAttempt,
+    QueueBusy,
+    StoredEvent,
+    Target,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS async_events (
@@ -63,60 +71,6 @@ _COLUMNS = (
 )
 
 
-class EventQueueError(PollerError):
-    """The queue of asynchronous events cannot be read or written (now): the caller may try again."""
-
-    retriable = True
-
-
-class QueueBusy(EventQueueError):
-    """Another process works the queue's events; this one may still add events to it."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """One destination an event still has to reach: ``kind`` is on_success, on_failure or dead_letter."""
-
-    kind: str
-    destination: str
-
-
-@dataclass(frozen=True)
-class LastAttempt:
-    """What the last attempt of an event came to: its response (the error document after a
-    function error) and, after a function error or a throttle, the error."""
-
-    response: bytes | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    request_id: str
-    function: str
-    payload: bytes
-    trace_parent: str | None
-    accepted_at: float  # epoch seconds
-    stage: int
-    due_at: float
-    attempts: int  # invocations made (function errors count, throttles do not)
-    throttles: int
-    last: LastAttempt
-    condition: str | None = None
-    finished_at: float | None = None
-    pending: tuple[Target, ...] = ()
-    delivery_failures: int = 0
-
-
-@dataclass(frozen=True)
-class FunctionBacklog:
-    """The events of one function in the store: how many, and when the oldest was accepted."""
-
-    events: int
-    oldest_accepted_at: float
-
-
 def _event(row: Sequence[Any]) -> StoredEvent:
     pending = tuple(Target(kind, name) for kind, name in orjson.loads(row[14])) if row[14] else ()
     return StoredEvent(
@@ -141,63 +95,12 @@ def _pending(targets: Sequence[Target]) -> bytes:
     return orjson.dumps([[target.kind, target.destination] for target in targets])
 
 
-class EventStore(Protocol):
-    """Where accepted events wait (``async_queue``). Every method raises EventQueueError when the
-    store cannot be reached; see :class:`SqliteEventStore` for what each one does."""
-
-    where: str  # the store, for log lines
-
-    def exists(self) -> bool: ...
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    def acquire_consumer(self) -> None: ...
-
-    def release_consumer(self) -> None: ...
-
-    async def add(self, event: StoredEvent) -> None: ...
-
-    async def retry(
-        self, request_id: str, *, due_at: float, attempts: int, throttles: int, last: LastAttempt
-    ) -> None: ...
-
-    async def finish(
-        self,
-        request_id: str,
-        *,
-        condition: str,
-        now: float,
-        attempts: int,
-        throttles: int,
-        last: LastAttempt,
-        targets: Sequence[Target],
-    ) -> None: ...
-
-    async def delivered(self, request_id: str, remaining: Sequence[Target]) -> None: ...
-
-    async def postpone_delivery(self, request_id: str, *, due_at: float, failures: int) -> None: ...
-
-    async def due_invocations(
-        self, function: str, now: float, limit: int, skip: Collection[str] = ()
-    ) -> list[StoredEvent]: ...
-
-    async def due_deliveries(
-        self, now: float, limit: int, skip: Collection[str] = ()
-    ) -> list[StoredEvent]: ...
-
-    async def next_due(self, after: float) -> float | None: ...
-
-    async def backlog(self) -> dict[str, FunctionBacklog]: ...
-
-
 def build_event_store(settings: AsyncQueue) -> EventStore:
     """The store ``async_queue`` names."""
     return SqliteEventStore(settings.path)
 
 
-Operation = tuple[str, Sequence[Any]]  # SQL and its parameters
+Operation = tuple[str, Sequence[Any], bool]  # SQL, its parameters, and whether it must reach the disk
 T = TypeVar("T")
 
 
@@ -246,7 +149,7 @@ class SqliteEventStore:
     # --- writes ------------------------------------------------------------------------------------
 
     async def add(self, event: StoredEvent) -> None:
-        """Store a newly accepted event; returns once it is committed to disk. An event whose
+        """Store a newly accepted event; returns once it is committed and fsynced. An event whose
         request id is stored already is left as it is (a client that sent it again)."""
         values = (
             event.request_id,
@@ -261,6 +164,7 @@ class SqliteEventStore:
             "INSERT OR IGNORE INTO async_events (request_id, function_name, payload, trace_parent, "
             "accepted_at, stage, due_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             values,
+            durable=True,
         )
 
     async def retry(
@@ -328,13 +232,16 @@ class SqliteEventStore:
     async def forget(self, request_id: str) -> None:
         await self._write("DELETE FROM async_events WHERE request_id = ?", (request_id,))
 
-    async def _write(self, sql: str, parameters: Sequence[Any]) -> None:
+    async def _write(self, sql: str, parameters: Sequence[Any], *, durable: bool = False) -> None:
         """Run one statement in a transaction, together with the writes that queued meanwhile: a
         writer that finds no commit running commits everything queued so far in one, then hands
-        the next commit to the first writer still waiting."""
+        the next commit to the first writer still waiting. A ``durable`` write (an accepted event:
+        the promise made to its client) is fsynced before it returns; the others (an event's next
+        state) survive a crash of the process, and a power cut may lose them, which only makes an
+        event's last step happen again."""
         while True:
             waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._waiting.append(((sql, parameters), waiter))
+            self._waiting.append(((sql, parameters, durable), waiter))
             if not self._writing:
                 break
             if not await waiter:  # handed the next commit
@@ -361,9 +268,13 @@ class SqliteEventStore:
                 return
 
     async def _commit(self, batch: list[tuple[Operation, asyncio.Future[bool]]]) -> None:
+        durable = any(operation[2] for operation, _ in batch)
+
         def run(connection: sqlite3.Connection) -> None:
             try:
-                for (sql, parameters), _ in batch:
+                # Outside the transaction: a commit in WAL mode fsyncs with FULL, not with NORMAL.
+                connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                for (sql, parameters, _), _ in batch:
                     connection.execute(sql, parameters)
                 connection.commit()
             except BaseException:

@@ -22,7 +22,7 @@ from poller.destinations import Destination
 from poller.destinations.message import Message, MessageTooLarge
 from poller.engine.backoff import Backoff
 from poller.errors import DestinationError
-from poller.invocation.async_store import EventStore, StoredEvent, Target
+from poller.invocation.queue import EventStore, StoredEvent, Target
 from poller.invocation.record import dead_letter_attributes, invocation_record, without_payloads
 from poller.invocation.schedule import SUCCESS
 from poller.observability.async_spans import AsyncTelemetry, trace_id_of
@@ -81,8 +81,11 @@ class Deliveries:
         function_arn_of: Callable[[str], str],
         clock: Clock,
         telemetry: AsyncTelemetry,
+        scheduled: Callable[[float], None] = lambda due: None,
     ) -> None:
+        """``scheduled(due)`` hears of every send put off to ``due``."""
         self.store = store
+        self.scheduled = scheduled
         self.destination_of = destination_of
         self.function_arn_of = function_arn_of
         self.clock = clock
@@ -108,9 +111,9 @@ class Deliveries:
                     delay,
                     extra=event_ids(event),
                 )
-                await self.store.postpone_delivery(
-                    event.request_id, due_at=self.clock.now() + delay, failures=failures
-                )
+                due = self.clock.now() + delay
+                await self.store.postpone_delivery(event.request_id, due_at=due, failures=failures)
+                self.scheduled(due)
                 return False
             remaining.remove(target)
             await self.store.delivered(event.request_id, remaining)

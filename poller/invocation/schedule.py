@@ -16,6 +16,8 @@ As Lambda handles errors of asynchronous invocations
 
 from __future__ import annotations
 
+import functools
+import random
 from dataclasses import dataclass, field
 
 from poller.config.invocation import EventInvokeConfig
@@ -26,6 +28,7 @@ EVENT_AGE_EXCEEDED = "EventAgeExceeded"
 SUCCESS = "Success"
 # Lambda retries throttles "with backoff from 1 second to 5 minutes".
 THROTTLE_BACKOFF_FIRST, THROTTLE_BACKOFF_MAX = 1.0, 300.0
+_RNG = random.Random()  # for the jitter of throttle retries; seeding one per event costs more than an attempt
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,11 @@ class RetryPolicy:
     maximum_event_age: float = 21600.0
     retry_delay: float = 60.0
     throttle_backoff: Backoff = field(
-        default_factory=lambda: Backoff(THROTTLE_BACKOFF_FIRST, THROTTLE_BACKOFF_MAX), compare=False
+        default_factory=lambda: Backoff(THROTTLE_BACKOFF_FIRST, THROTTLE_BACKOFF_MAX, rng=_RNG), compare=False
     )
 
     @classmethod
+    @functools.lru_cache(maxsize=256)
     def of(cls, config: EventInvokeConfig) -> RetryPolicy:
         return cls(
             config.maximum_retry_attempts, config.maximum_event_age_in_seconds, config.retry_delay_in_seconds
@@ -54,7 +58,7 @@ class RetryPolicy:
 
     def function_error_delay(self, attempts: int) -> float:
         """The wait after the ``attempts``-th failed attempt: the delay, doubling after each retry."""
-        return Backoff(self.retry_delay, float("inf"), jitter=False).delay(attempts)
+        return Backoff(self.retry_delay, float("inf"), jitter=False, rng=_RNG).delay(attempts)
 
 
 @dataclass(frozen=True)

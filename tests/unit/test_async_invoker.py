@@ -25,7 +25,8 @@ from poller.config import Config, Function
 from poller.destinations import Destination, build_destination
 from poller.engine.outcome import InvocationError
 from poller.invocation.async_invoker import AsyncInvocations, PayloadTooLarge, concurrency_of
-from poller.invocation.async_store import ConsumerLock, QueueBusy, SqliteEventStore
+from poller.invocation.async_store import ConsumerLock, SqliteEventStore
+from poller.invocation.queue import QueueBusy
 from poller.observability.async_spans import AsyncTelemetry
 from poller.runtime.environments.api import Response
 from poller.runtime.environments.environment import InvokeResult
