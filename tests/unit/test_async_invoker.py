@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support import wait_for
 
 from poller.clock import Clock
@@ -145,7 +148,14 @@ def lines(path: Path) -> list[Any]:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, config: Config, script: Script, clock: ManualClock) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        config: Config,
+        script: Script,
+        clock: ManualClock,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self.tmp_path = tmp_path
         self.clock = clock
         self.config = config
@@ -155,7 +165,7 @@ class Harness:
             SqliteEventStore(tmp_path / "queue.db"),
             functions={"f": self.function},
             destination_of=self.destination,
-            telemetry=AsyncTelemetry(trace.get_tracer("test"), registry=None),
+            telemetry=AsyncTelemetry(tracer or trace.get_tracer("test"), registry=None),
             clock=clock,
             drain_timeout=5,
         )
@@ -471,3 +481,35 @@ async def test_many_accepts_at_once_are_all_stored(tmp_path: Path) -> None:
     await asyncio.gather(*(harness.accept(json.dumps({"n": n}).encode()) for n in range(200)))
     await harness.invocations.close()
     assert await queue_depth(tmp_path) == 200
+
+
+async def test_one_trace_follows_an_event_from_acceptance_through_every_attempt_to_its_destinations(
+    tmp_path: Path,
+) -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    clock = ManualClock()
+    config = config_of(
+        tmp_path, event_invoke_config={"maximum_retry_attempts": 1, "retry_delay_in_seconds": 1}
+    )
+    harness = Harness(tmp_path, config, fails, clock, tracer=provider.get_tracer("test"))
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with working(harness):
+        await harness.invocations.accept(harness.function, b"{}", request_id="r-1", trace_parent=caller)
+        await wait_for(lambda: len(harness.function.calls) == 1, message="attempt 1")
+        clock.advance(1)
+        await wait_for(lambda: harness.records("dlq"), message="dead-lettered")
+    finished = {span.name: span for span in spans.get_finished_spans() if span.name != "invoke f"}
+    attempts = [span for span in spans.get_finished_spans() if span.name == "invoke f"]
+    accepted = finished["queue f"]
+    assert format(accepted.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    assert accepted.parent is not None
+    assert accepted.parent.span_id == int("b7ad6b7169203331", 16)
+    assert [span.attributes["poller.attempt"] for span in attempts] == [1, 2]
+    for span in [*attempts, finished["send failed"], finished["send dlq"]]:
+        assert span.context.trace_id == accepted.context.trace_id
+        assert span.parent is not None
+        assert span.parent.span_id == accepted.context.span_id
+    assert all(span.attributes["faas.invocation_id"] == "r-1" for span in attempts)
+    assert attempts[0].status.description == "attempt 1 failed"
