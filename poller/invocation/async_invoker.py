@@ -255,8 +255,10 @@ class AsyncInvocations:
         ready = self._ready.setdefault(name, collections.deque())
         taken = self._taken.setdefault(name, set())
         wanted = 2 * limit - self._running.get(name, 0) - len(ready)
-        if wanted <= 0:
-            return  # a finished attempt starts the next one; the function stays in _maybe_due
+        if wanted <= 0 or len(ready) >= limit:
+            # Enough to go on with: a finished attempt starts the next one, and the function
+            # stays in _maybe_due. (Reading a page at a time, not an event per finished attempt.)
+            return
         due = await self.store.due_invocations(name, now, wanted, skip=taken)
         if len(due) < wanted:
             self._maybe_due.discard(name)  # every due event of the function is read

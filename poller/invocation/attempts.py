@@ -49,7 +49,7 @@ class AsyncFunction(Protocol):
     arn: str
     config: Function
 
-    def new_context(self) -> LambdaContext: ...
+    def new_context(self, request_id: str | None = None) -> LambdaContext: ...
 
     async def invoke_payload(
         self, payload: bytes, context: LambdaContext | None = None, *, report: InvocationReport | None = None
@@ -236,6 +236,4 @@ class Attempts:
 
 def _context(function: AsyncFunction, event: StoredEvent) -> LambdaContext:
     # Every attempt of an event has the event's request id, as on Lambda.
-    context = function.new_context()
-    context.aws_request_id = event.request_id
-    return context
+    return function.new_context(event.request_id)

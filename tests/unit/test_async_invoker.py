@@ -85,8 +85,10 @@ class ScriptedFunction:
         self.release = asyncio.Event()
         self.release.set()
 
-    def new_context(self) -> LambdaContext:
-        return LambdaContext(self.name, 128, str(uuid.uuid4()), self.arn, "g", "s", deadline=0.0)
+    def new_context(self, request_id: str | None = None) -> LambdaContext:
+        return LambdaContext(
+            self.name, 128, request_id or str(uuid.uuid4()), self.arn, "g", "s", deadline=0.0
+        )
 
     async def invoke_payload(
         self, payload: bytes, context: LambdaContext | None = None, *, report: InvocationReport | None = None
