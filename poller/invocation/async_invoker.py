@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from poller.clock import Clock
+from poller.clock import Clock, first_of
 from poller.config import Function
 from poller.connections.aws import ACCOUNT_ID, default_region
 from poller.destinations import Destination
@@ -101,7 +101,7 @@ class AsyncInvocations:
         self._group: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_due: float | None = None  # the earliest due_at in the future known here
-        self._look_at = float("-inf")  # when to look at the whole store again (clock time)
+        self._look_at = float("-inf")  # when to look at the whole store again (time.monotonic)
         self._backlog_at = float("-inf")
 
     @property
@@ -177,7 +177,7 @@ class AsyncInvocations:
         while not self._stopping.is_set():
             try:
                 if not self._opened and not self.store.exists():
-                    await self.clock.wait(POLL_INTERVAL, until=self._wake)  # an accept opens it
+                    await first_of(self._wake, within=POLL_INTERVAL)  # an accept opens it
                     self._wake.clear()
                     continue
                 await self.open()
@@ -186,11 +186,11 @@ class AsyncInvocations:
                 if not told:
                     log.warning("%s", exc)
                     told = True
-                await self.clock.wait(backoff.next(), until=self._stopping)
+                await first_of(self._stopping, within=backoff.next())
                 continue
             except EventQueueError as exc:
                 log.error("%s", exc)
-                await self.clock.wait(backoff.next(), until=self._stopping)
+                await first_of(self._stopping, within=backoff.next())
                 continue
             self.consuming = True
             log.info("async invocations: working the queue %s", self.store.where)
@@ -202,20 +202,22 @@ class AsyncInvocations:
         while not self._stopping.is_set():
             self._wake.clear()
             try:
-                wait = await self._dispatch_once(group)
+                due_in = await self._dispatch_once(group)
             except EventQueueError as exc:
-                wait = backoff.next()
-                log.error("async invocations: %s; looking again in %.1f s", exc, wait)
-            else:
-                backoff.reset()
-            await self.clock.wait(wait, until=self._wake)
+                delay = backoff.next()
+                log.error("async invocations: %s; looking again in %.1f s", exc, delay)
+                await first_of(self._stopping, within=delay)
+                continue
+            backoff.reset()
+            await self._wait(due_in)
 
-    async def _dispatch_once(self, group: asyncio.TaskGroup) -> float:
-        """Start what is due; return how long to wait before looking again. The whole store is
-        read every POLL_INTERVAL and when a time written here comes due; in between, only the
-        functions that may have due events (an accept, a full page last time) are read."""
+    async def _dispatch_once(self, group: asyncio.TaskGroup) -> float | None:
+        """Start what is due; return in how many seconds (clock time) the next event known here
+        falls due, if one does. The whole store is read every POLL_INTERVAL and when a time
+        written here comes due; in between, only the functions that may have due events (an
+        accept, a full page last time) are read."""
         now = self.clock.now()
-        look = now >= self._look_at or (self._next_due is not None and now >= self._next_due)
+        look = time.monotonic() >= self._look_at or (self._next_due is not None and now >= self._next_due)
         if look:
             self._maybe_due.update(self.functions)
         for name in list(self._maybe_due):
@@ -231,9 +233,20 @@ class AsyncInvocations:
             self._start_ready(name)
         if look:
             await self._look(group, now)
-        if self._next_due is None:
-            return max(0.0, self._look_at - now)
-        return max(0.0, min(self._next_due, self._look_at) - now)
+        return None if self._next_due is None else max(0.0, self._next_due - now)
+
+    async def _wait(self, due_in: float | None) -> None:
+        """Until a wake-up, the next look at the store (real time: it is I/O) or the next due
+        time (the clock's: a test clock decides when a retry falls due)."""
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
+        waiters.append(asyncio.ensure_future(asyncio.sleep(max(0.0, self._look_at - time.monotonic()))))
+        if due_in is not None:
+            waiters.append(asyncio.ensure_future(self.clock.sleep(due_in)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _look(self, group: asyncio.TaskGroup, now: float) -> None:
         """Read what only the whole store knows: deliveries due (tried again after a failure, or
@@ -246,7 +259,7 @@ class AsyncInvocations:
         if time.monotonic() - self._backlog_at >= BACKLOG_REFRESH:
             self.backlog = await self.store.backlog()
             self._backlog_at = time.monotonic()
-        self._look_at = now + POLL_INTERVAL
+        self._look_at = time.monotonic() + POLL_INTERVAL
 
     async def _read_ahead(self, name: str, function: AsyncFunction, now: float) -> None:
         """Read due events of ``name``: enough to fill its free concurrency, and as many again

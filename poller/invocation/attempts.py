@@ -158,7 +158,9 @@ class Attempts:
         )
         self.scheduled(decision.due)
         counts.retries[decision.reason] = counts.retries.get(decision.reason, 0) + 1
-        log.warning(
+        # A throttled event retries every few minutes for hours: a line each time, but not a warning.
+        log.log(
+            logging.INFO if result is None else logging.WARNING,
             "async event %s of %s: %s (%s); retry in %.1f s",
             event.request_id,
             event.function,
