@@ -24,8 +24,12 @@ from poller.config.diff import diff
 from poller.destinations import Destination, build_destination
 from poller.errors import ConfigError, PollerError
 from poller.invocation.api import InvokeApi
+from poller.invocation.async_invoker import AsyncInvocations
+from poller.invocation.async_store import build_event_store
 from poller.invocation.url_listeners import FunctionUrls, urls_of
 from poller.observability.admin import AdminServer
+from poller.observability.async_metrics import AsyncInvocationCollector
+from poller.observability.async_spans import AsyncTelemetry
 from poller.observability.invocation_spans import InvocationSpans
 from poller.observability.tracing import Telemetry, configure_tracing, flush_tracing, shutdown_tracing
 from poller.runtime.function import FunctionRuntime
@@ -71,6 +75,17 @@ class App:
             name: FunctionRuntime(name, function) for name, function in config.functions.items()
         }
         self.destinations: dict[str, Destination] = {}
+        # The queue of asynchronous invocations (SPEC 13): the Invoke API's Event requests call
+        # its accept; its workers run from the functions' start until the drain.
+        self.async_invocations = AsyncInvocations(
+            build_event_store(config.async_queue),
+            functions=self.functions,
+            destination_of=self._async_destination,
+            telemetry=AsyncTelemetry(self.telemetry.tracer, self.telemetry.registry),
+            clock=clock,
+            drain_timeout=drain_timeout,
+        )
+        self.telemetry.registry.register(AsyncInvocationCollector(self.async_invocations))
         self.runners: dict[str, MappingRunner] = {
             name: self._runner(name, mapping) for name, mapping in config.mappings.items()
         }
@@ -87,6 +102,7 @@ class App:
                 self.functions,
                 credentials=config.admin.credentials,
                 spans=InvocationSpans(self.telemetry.tracer),
+                queue=self.async_invocations,
             ),
         )
         self.function_urls = FunctionUrls(self.telemetry, config.admin.credentials)
@@ -126,6 +142,10 @@ class App:
             self.destinations[name] = build_destination(name, self.config)
         return self.destinations[name]
 
+    def _async_destination(self, name: str) -> Destination | None:
+        """The destination ``name`` of the running config (None when a reload removed it)."""
+        return self._destination(name) if name in self.config.destinations else None
+
     def stop(self) -> None:
         self.stopping.set()
 
@@ -146,7 +166,12 @@ class App:
                     # /readyz turns true only once they are there.
                     await self._start_functions(list(self.functions.values()))
                     await self.function_urls.start(urls_of(self.config.functions), self.functions)
-                    await self._run_mappings()
+                    workers = functions.create_task(self.async_invocations.run(), name="async invocations")
+                    try:
+                        await self._run_mappings()
+                    finally:
+                        self.async_invocations.stop()  # in-flight attempts finish within the drain
+                        await asyncio.wait([workers])
                 finally:
                     # Requests in flight on the URLs finish within the drain, as batches do.
                     await self.function_urls.close(self.drain_timeout)
@@ -159,6 +184,7 @@ class App:
             for destination in self.destinations.values():
                 await destination.close()
             await self.admin.close()
+            await self.async_invocations.close()
 
     async def _run_mappings(self) -> None:
         enabled = [name for name, runner in self.runners.items() if runner.mapping.enabled]
@@ -175,6 +201,7 @@ class App:
                         await self.reload()
                 for runner in self.runners.values():
                     runner.stop()
+                self.async_invocations.stop()  # drains alongside the mappings
         finally:
             self._group = None
 

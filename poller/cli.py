@@ -14,6 +14,7 @@ import orjson
 from poller.errors import ConfigError, HandlerLoadError, PollerError, Throttled
 
 if TYPE_CHECKING:
+    from poller.config import Config
     from poller.invocation.sync import SyncResult
     from poller.runtime.function import FunctionRuntime
 
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     with_config(invoke, default_config_path())
     invoke.add_argument("function", help="a name under functions:")
     invoke.add_argument("--event", default="-", help="JSON event file, or - for standard input (default)")
+    invoke.add_argument(
+        "--async",
+        dest="asynchronous",
+        action="store_true",
+        help="queue the event in the config's async_queue for a running poller and print its request id",
+    )
 
     sample = commands.add_parser("sample-event", help="print a valid sample event of a source type")
     sample.add_argument("source", choices=["kafka", "sqs", "kinesis", "rabbitmq"])
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return _status(args.url, args.token)
         if args.command == "invoke":
-            return _invoke(args.config, args.function, args.event)
+            return _invoke(args.config, args.function, args.event, asynchronous=args.asynchronous)
         if args.command == "run":
             return _run(args.config, args.drain_timeout)
         if args.command == "dev":
@@ -115,9 +122,10 @@ def _validate(path: str) -> int:
     return EXIT_OK
 
 
-def _invoke(path: str, name: str, event_path: str) -> int:
+def _invoke(path: str, name: str, event_path: str, *, asynchronous: bool = False) -> int:
     """Invoke a function once, as the Invoke API's RequestResponse does (the same code path), and
-    print its response, or its error document and exit 1."""
+    print its response, or its error document and exit 1; ``asynchronous``: queue the event for a
+    running poller instead, as the Invoke API's Event does, and print its request id."""
     from poller.config.loader import load_config
     from poller.runtime.function import FunctionRuntime
 
@@ -131,6 +139,8 @@ def _invoke(path: str, name: str, event_path: str) -> int:
     except (OSError, orjson.JSONDecodeError) as exc:
         print(f"{event_path}: cannot read a JSON event: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if asynchronous:
+        return _queue_event(config, name, raw)
     try:
         runtime = FunctionRuntime(name, config.functions[name])
     except HandlerLoadError as exc:
@@ -158,6 +168,46 @@ def _invoke(path: str, name: str, event_path: str) -> int:
         # The response exactly as the function's runtime serialised it (as `aws lambda invoke` writes it).
         sys.stdout.write(result.payload.decode("utf-8", "replace") + "\n")
     return EXIT_OK
+
+
+def _queue_event(config: Config, name: str, payload: bytes) -> int:
+    """Store the event in the config's async queue (a running poller on the config invokes it)
+    and print its request id, as ``aws lambda invoke --invocation-type Event`` answers."""
+    import uuid
+
+    from poller.invocation.async_invoker import PayloadTooLarge
+
+    request_id = str(uuid.uuid4())
+    try:
+        asyncio.run(_enqueue(config, name, payload, request_id))
+    except PayloadTooLarge as exc:
+        print(f"functions.{name}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PollerError as exc:  # the queue cannot be written
+        print(f"async_queue: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(request_id)
+    return EXIT_OK
+
+
+async def _enqueue(config: Config, name: str, payload: bytes, request_id: str) -> None:
+    from opentelemetry import trace
+
+    from poller.clock import Clock
+    from poller.invocation.async_invoker import enqueue
+    from poller.invocation.async_store import build_event_store
+    from poller.observability.async_spans import AsyncTelemetry
+    from poller.observability.tracing import configure_tracing, shutdown_tracing
+
+    configure_tracing()
+    telemetry = AsyncTelemetry(trace.get_tracer("poller"), registry=None)
+    store = build_event_store(config.async_queue)
+    try:
+        await store.open()
+        await enqueue(store, telemetry, name, payload, request_id, None, Clock().now())
+    finally:
+        await store.close()
+        shutdown_tracing()
 
 
 async def _invoke_once(runtime: FunctionRuntime, payload: bytes) -> SyncResult:

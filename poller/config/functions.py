@@ -11,6 +11,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from poller.config.base import Model
 from poller.config.function_url import FunctionUrl
+from poller.config.invocation import DeadLetterConfig, EventInvokeConfig
 
 HANDLER_PATTERN = r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$"
 
@@ -80,6 +81,10 @@ class Function(Model):
         600, ge=1, le=86400, description="An idle on-demand environment is stopped after this long."
     )
     function_url: FunctionUrl | None = Field(None, description="An HTTP listener that invokes the function.")
+    event_invoke_config: EventInvokeConfig = Field(
+        default_factory=EventInvokeConfig, description="Retries and destinations of asynchronous invocations."
+    )
+    dead_letter_config: DeadLetterConfig | None = None
 
     @property
     def effective_runtime(self) -> Runtime:

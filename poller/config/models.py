@@ -23,6 +23,7 @@ from poller.config.connections import KafkaConnection as KafkaConnection
 from poller.config.connections import RabbitMQConnection as RabbitMQConnection
 from poller.config.function_url import function_url_errors
 from poller.config.functions import Function
+from poller.config.invocation import AsyncQueue, default_async_queue, invocation_reference_errors
 from poller.engine.filters import FILTER_FIELDS, MAX_FILTERS, FilterCriteria, FilterPatternError
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
@@ -318,6 +319,7 @@ class Config(_Model):
     destinations: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Destination] = Field(default_factory=dict)
     mappings: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Mapping] = Field(default_factory=dict)
     admin: Admin = Admin()
+    async_queue: AsyncQueue = Field(default_factory=default_async_queue)
 
     def connection(self, name: str, kind: type[ConnectionT]) -> ConnectionT:
         """The connection ``name``, which :meth:`reference_errors` checked is of this ``kind``."""
@@ -403,6 +405,7 @@ class Config(_Model):
                             f"conflicts with functions.{other[0]}.environment.{key} (one process, one environment)",
                         )
                     )
+        errors += invocation_reference_errors(self.functions, self.destinations)
         return errors
 
 

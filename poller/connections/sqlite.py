@@ -4,6 +4,8 @@ The process holds an exclusive ``flock`` on ``<path>.lock`` for as long as any o
 the file open (the lease store of a Kinesis mapping, the window store of a mapping with tumbling
 windows). A second process that opens the same file gets a retriable SourceError and waits, as a
 standby, until the first exits: the kernel drops the lock when a process dies, even by ``kill -9``.
+A file that several processes write at once (the queue of asynchronous invocations) is opened
+with ``exclusive=False``: SQLite's own locking then keeps their transactions apart.
 SQLite is blocking, so every call runs on the file's own thread, one at a time.
 """
 
@@ -18,7 +20,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from poller.errors import SourceError
 
@@ -68,8 +70,20 @@ class SqliteFile:
     """One connection to a SQLite file this process holds the lock of. Raises SourceError for
     anything SQLite raises."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        exclusive: bool = True,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        what: str = "checkpoint file",
+    ) -> None:
+        """``synchronous`` is SQLite's setting: NORMAL survives a crash of the process, FULL (an fsync
+        per commit) also a power cut. ``what`` names the file in errors."""
         self.path = Path(path)
+        self.exclusive = exclusive
+        self.synchronous = synchronous
+        self.what = what
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
         self._lock_path: str | None = None
@@ -79,8 +93,9 @@ class SqliteFile:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise SourceError(f"cannot create the directory of checkpoint file {self.path}: {exc}") from exc
-        self._lock_path = _FileLock.acquire(self.path)
+            raise SourceError(f"cannot create the directory of {self.what} {self.path}: {exc}") from exc
+        if self.exclusive:
+            self._lock_path = _FileLock.acquire(self.path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poller-sqlite")
         try:
             await self._run(lambda: self._connect(setup))
@@ -95,7 +110,7 @@ class SqliteFile:
         # survives a crash of this process (a power cut may lose the newest writes, which only
         # means records are delivered again).
         connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(f"PRAGMA synchronous={self.synchronous}")
         setup(connection)
 
     async def call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
@@ -103,7 +118,7 @@ class SqliteFile:
 
         def run() -> T:
             if self._connection is None:
-                raise SourceError(f"checkpoint file {self.path} is not open")
+                raise SourceError(f"{self.what} {self.path} is not open")
             return operation(self._connection)
 
         return await self._run(run)
@@ -123,8 +138,8 @@ class SqliteFile:
 
     async def _run(self, function: Callable[[], T]) -> T:
         if self._executor is None:
-            raise SourceError(f"checkpoint file {self.path} is not open")
+            raise SourceError(f"{self.what} {self.path} is not open")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, function)
         except sqlite3.Error as exc:
-            raise SourceError(f"checkpoint file {self.path}: {exc}") from exc
+            raise SourceError(f"{self.what} {self.path}: {exc}") from exc

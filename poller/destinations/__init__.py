@@ -1,4 +1,6 @@
-"""On-failure destinations: where records go when retries end, behind one small protocol."""
+"""Destinations: where records go when retries end (on-failure destinations of mappings), and
+where asynchronous invocations send their invocation records and dead-lettered events, behind one
+small protocol."""
 
 from __future__ import annotations
 
@@ -7,18 +9,24 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from poller.config import Config
+from poller.destinations.message import Message
 from poller.engine.records import Record
 from poller.sources.protocol import EventFormat
 
 
 class Destination(Protocol):
-    """Delivers failure records."""
+    """Delivers failure records, and single messages."""
 
     async def send(self, failure: dict[str, Any], records: Sequence[Record], origin: EventFormat) -> None:
         """Write the failure record of ``records`` (SPEC section 7); ``origin`` is the event format
         of the source they came from, which describes them. Returns only once the write is
         confirmed (Kafka acks, an fsync, a publisher confirm) and raises DestinationError otherwise;
         the caller retries it and advances the source only after it returned."""
+
+    async def publish(self, message: Message) -> None:
+        """Write one message (an invocation record, a dead-lettered event) with its attributes.
+        Returns only once the write is confirmed; raises DestinationError otherwise (the caller
+        retries), MessageTooLarge when the destination can never take it."""
 
     async def close(self) -> None: ...
 

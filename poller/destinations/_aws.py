@@ -5,20 +5,23 @@ A failure record holds the failed records themselves (SPEC section 7), so it can
 SNS accepts, or a queue's ``MaximumMessageSize``. Then, as AWS leaves the payload out of such
 messages (https://docs.aws.amazon.com/lambda/latest/dg/kinesis-on-failure-destination.html), the
 message carries the record without ``records`` and says so in ``recordsOmitted``; with an overflow
-bucket, the whole record is stored in S3 first and ``recordsLocation`` names the object.
+bucket, the whole record is stored in S3 first and ``recordsLocation`` names the object. A single
+message (an invocation record, a dead-lettered event) that does not fit goes to the overflow
+bucket the same way (``bodyLocation``), or is refused as MessageTooLarge.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 
 from poller.config import AwsConnection
 from poller.connections.aws import close_quietly, create_client
+from poller.destinations.message import Message, MessageTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,10 @@ def encode(document: dict[str, Any]) -> bytes:
     """The document as JSON that SQS and SNS accept: orjson escapes control characters, and the two
     noncharacters U+FFFE and U+FFFF, which SQS refuses, are escaped here (they only occur inside
     JSON strings, so the JSON means the same)."""
-    data = orjson.dumps(document)
+    return _escape_noncharacters(orjson.dumps(document))
+
+
+def _escape_noncharacters(data: bytes) -> bytes:
     if b"\xef\xbf\xbe" in data or b"\xef\xbf\xbf" in data:
         data = data.replace(b"\xef\xbf\xbe", b"\\ufffe").replace(b"\xef\xbf\xbf", b"\\uffff")
     return data
@@ -69,6 +75,46 @@ def message_attributes(failure: dict[str, Any]) -> dict[str, dict[str, str]]:
     return {
         name: {"DataType": "String", "StringValue": str(value)} for name, value in values.items() if value
     }
+
+
+def typed_attributes(attributes: Mapping[str, str | int]) -> dict[str, dict[str, str]]:
+    """A message's attributes as SQS/SNS message attributes: an ``int`` a Number, the rest Strings
+    (an empty value, which they refuse, is left out)."""
+    typed = {}
+    for name, value in attributes.items():
+        if isinstance(value, int):
+            typed[name] = {"DataType": "Number", "StringValue": str(value)}
+        elif value:
+            typed[name] = {"DataType": "String", "StringValue": value}
+    return typed
+
+
+async def fit_body(
+    message: Message,
+    *,
+    limit: int,
+    where: str,
+    overflow: Callable[[Message], Awaitable[tuple[str, str]]] | None,
+    reserved: int,
+) -> str:
+    """A message's body as the text of an SQS/SNS message that, with ``reserved`` bytes of
+    attributes, stays within ``limit``: whole, or (too large, with an overflow bucket) a small
+    document naming the S3 object that holds it. Raises MessageTooLarge without a bucket."""
+    body = _escape_noncharacters(message.body)  # JSON: they occur only inside its strings
+    if len(body) + reserved <= limit:
+        return body.decode()
+    if overflow is None:
+        raise MessageTooLarge(
+            f"a message of {len(body) + reserved} bytes is more than the {limit} bytes {where} accepts"
+        )
+    bucket, key = await overflow(message)
+    return encode(
+        {
+            "bodyOmitted": f"the message is {len(body) + reserved} bytes, more than the {limit} bytes {where} "
+            "accepts; it is stored whole in S3 at bodyLocation",
+            "bodyLocation": {"bucket": bucket, "key": key},
+        }
+    ).decode()
 
 
 def attributes_size(attributes: dict[str, dict[str, str]]) -> int:

@@ -1,4 +1,4 @@
-"""File destination: failure records as JSON lines, fsynced before they count as delivered."""
+"""File destination: failure records (and messages) as JSON lines, fsynced before they count as delivered."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import orjson
 
 from poller.config import Config
 from poller.config import FileDestination as FileDestinationConfig
+from poller.destinations.message import Message
 from poller.engine.records import Record
 from poller.errors import DestinationError
 from poller.sources.protocol import EventFormat
@@ -24,7 +25,17 @@ class FileDestination:
         self.path = Path(settings.path)
 
     async def send(self, failure: dict[str, Any], records: Sequence[Record], origin: EventFormat) -> None:
-        line = orjson.dumps(failure) + b"\n"
+        await self._write(orjson.dumps(failure) + b"\n")
+
+    async def publish(self, message: Message) -> None:
+        """The document as one line; with attributes, inside ``{"attributes": ..., "body": ...}``."""
+        if not message.attributes:
+            await self._write(_one_line(message.body) + b"\n")
+            return
+        envelope = {"attributes": dict(message.attributes), "body": orjson.Fragment(_one_line(message.body))}
+        await self._write(orjson.dumps(envelope) + b"\n")
+
+    async def _write(self, line: bytes) -> None:
         try:
             await asyncio.to_thread(self._append, line)
         except OSError as exc:
@@ -39,3 +50,11 @@ class FileDestination:
 
     async def close(self) -> None:
         return None
+
+
+def _one_line(body: bytes) -> bytes:
+    """``body`` as JSON on one line (a body that is not JSON becomes a JSON string)."""
+    try:
+        return orjson.dumps(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return orjson.dumps(body.decode("utf-8", "replace"))

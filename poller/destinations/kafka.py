@@ -2,7 +2,9 @@
 
 Each message keeps the original key and headers, adds ``x-poller-*`` headers naming where the
 record came from and why it failed, and carries the failure record (with that one record) as its
-value. A send counts only when every message is acknowledged by all in-sync replicas.
+value. A send counts only when every message is acknowledged by all in-sync replicas. A single
+message (``publish``: an invocation record, a dead-lettered event) is produced with its id as key
+and its attributes as headers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from poller.config import Config, KafkaConnection
 from poller.config import KafkaDestination as KafkaDestinationConfig
 from poller.connections.kafka import client_options, start_client
+from poller.destinations.message import Message, MessageTooLarge
 from poller.engine.records import Record
 from poller.errors import DestinationError, SourceError
 from poller.observability.tracing import trace_headers
@@ -68,6 +71,21 @@ class KafkaDestination:
                 await producer.send_and_wait(
                     self.topic, orjson.dumps(failure), headers=_headers(failure, OriginalMessage())
                 )
+        except KafkaError as exc:
+            raise DestinationError(f"Kafka topic {self.topic} did not acknowledge: {exc}") from exc
+
+    async def publish(self, message: Message) -> None:
+        producer = await self._started()
+        headers = [(name, str(value).encode()) for name, value in message.attributes.items()]
+        headers += [(name, value.encode()) for name, value in trace_headers().items()]
+        try:
+            await producer.send_and_wait(
+                self.topic, message.body, key=message.message_id.encode(), headers=headers
+            )
+        except MessageSizeTooLargeError as exc:
+            raise MessageTooLarge(
+                f"Kafka topic {self.topic} refused a message of {len(message.body)} bytes"
+            ) from exc
         except KafkaError as exc:
             raise DestinationError(f"Kafka topic {self.topic} did not acknowledge: {exc}") from exc
 

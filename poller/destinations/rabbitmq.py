@@ -6,7 +6,7 @@ trace (``x-poller-*``) and carry the W3C context of the delivery span. A send co
 broker confirmed the message (publisher confirms) *and* routed it to a queue: it is published
 ``mandatory``, and an unroutable message comes back as ``basic.return``, which aio-pika hands back
 instead of raising (it is a failure here, so nothing is acked on the strength of a message that
-went nowhere).
+went nowhere). A single message (``publish``) goes the same way, its attributes as headers.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pamqp.commands import Basic
 from poller.config import Config, RabbitMQConnection
 from poller.config import RabbitMQDestination as RabbitMQDestinationConfig
 from poller.connections.rabbitmq import AMQP_ERRORS, OPERATION_TIMEOUT, close_quietly, connect
+from poller.destinations.message import Message, MessageTooLarge
 from poller.engine.records import Record
 from poller.errors import DestinationError, SourceError
 from poller.observability.tracing import trace_headers
@@ -80,8 +81,19 @@ class RabbitMQDestination:
             await close_quietly(self._connection)
         self._connection = self._channel = None
 
+    async def publish(self, message: Message) -> None:
+        """One message, its attributes as headers; returns once the broker confirmed and routed it."""
+        headers: dict[str, Any] = {**message.attributes, **trace_headers()}
+        try:
+            await self._publish_body(message.body, headers, message.message_id)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            if "max size" in str(exc):
+                raise MessageTooLarge(
+                    f"{self._where()} refused a message of {len(message.body)} bytes"
+                ) from exc
+            raise DestinationError(f"{self._where()} refused the message: {exc}") from exc
+
     async def _publish(self, failure: dict[str, Any]) -> None:
-        channel = await self._ready_channel()
         error = failure["errorInfo"]
         headers: dict[str, Any] = {
             "x-poller-mapping": str(failure["mapping"]),
@@ -91,17 +103,21 @@ class RabbitMQDestination:
             "x-poller-trace-id": str(failure["traceId"]),
             **trace_headers(),
         }
+        await self._publish_body(orjson.dumps(failure), headers, str(failure["requestContext"]["requestId"]))
+
+    async def _publish_body(self, body: bytes, headers: dict[str, Any], message_id: str) -> None:
+        channel = await self._ready_channel()
         properties = Basic.Properties(
             content_type="application/json",
             delivery_mode=2,
-            message_id=str(failure["requestContext"]["requestId"]),
+            message_id=message_id,
             timestamp=datetime.now(UTC).replace(microsecond=0),
             app_id="poller",
             headers=headers,
         )
         try:
             result = await channel.basic_publish(
-                orjson.dumps(failure),
+                body,
                 exchange=self.exchange,
                 routing_key=self.routing_key,
                 properties=properties,
@@ -109,7 +125,7 @@ class RabbitMQDestination:
                 timeout=OPERATION_TIMEOUT,
             )
         except aiormq.exceptions.ChannelPreconditionFailed:
-            raise  # send() decides
+            raise  # send() and publish() decide
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             raise DestinationError(f"{self._where()}: the exchange does not exist ({exc})") from exc
         except AMQP_ERRORS as exc:

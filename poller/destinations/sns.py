@@ -3,7 +3,8 @@
 SNS takes at most 256 KB: a larger record goes to the ``overflow_bucket`` (the message then names the
 object) or is published without its records (see :mod:`poller.destinations._aws`). FIFO topics get
 the mapping as the message group and the failure record's request id as the deduplication id. A
-publish counts once SNS has answered it with a message id.
+publish counts once SNS has answered it with a message id. A single message (``publish``) is
+published as it is, with its attributes as message attributes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from typing import Any
 from poller.config import AwsConnection, Config
 from poller.config import SnsDestination as SnsDestinationConfig
 from poller.connections.aws import AWS_ERRORS, error_text
-from poller.destinations._aws import LazyClient, attributes_size, fit_message, message_attributes
+from poller.destinations._aws import (
+    LazyClient,
+    attributes_size,
+    fit_body,
+    fit_message,
+    message_attributes,
+    typed_attributes,
+)
+from poller.destinations.message import Message
 from poller.destinations.s3 import S3Writer, partition_of
 from poller.engine.records import Record
 from poller.errors import DestinationError
@@ -64,6 +73,33 @@ class SnsDestination:
         except AWS_ERRORS as exc:
             raise DestinationError(
                 f"SNS topic {self.topic_arn} did not take the failure record: {error_text(exc)}"
+            ) from exc
+
+    async def publish(self, message: Message) -> None:
+        """One message, its attributes as message attributes; FIFO topics get its group and id."""
+        attributes = typed_attributes(message.attributes)
+        overflow = self._overflow.put_message if self._overflow is not None else None
+        try:
+            client = await self._client.get()
+            body = await fit_body(
+                message,
+                limit=SNS_MAX_MESSAGE_BYTES,
+                reserved=attributes_size(attributes),
+                where="SNS",
+                overflow=overflow,
+            )
+            params: dict[str, Any] = {
+                "TopicArn": self.topic_arn,
+                "Message": body,
+                "MessageAttributes": attributes,
+            }
+            if self.topic_arn.endswith(".fifo"):
+                params["MessageGroupId"] = message.group
+                params["MessageDeduplicationId"] = message.message_id
+            await client.publish(**params)
+        except AWS_ERRORS as exc:
+            raise DestinationError(
+                f"SNS topic {self.topic_arn} did not take the message: {error_text(exc)}"
             ) from exc
 
     async def close(self) -> None:

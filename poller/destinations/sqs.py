@@ -4,7 +4,8 @@ The queue is given as a name, URL or ARN. A record larger than the queue's ``Max
 goes to the ``overflow_bucket`` (the message then names the object) or is sent without its records
 (see :mod:`poller.destinations._aws`). FIFO queues get the mapping as the message group and the
 failure record's request id as the deduplication id, so a send retried after a lost answer is
-stored once. A send counts once SQS has answered SendMessage.
+stored once. A send counts once SQS has answered SendMessage. A single message (``publish``) is sent
+as its body, with its attributes as message attributes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from typing import Any
 from poller.config import AwsConnection, Config
 from poller.config import SqsDestination as SqsDestinationConfig
 from poller.connections.aws import AWS_ERRORS, error_text
-from poller.destinations._aws import LazyClient, attributes_size, fit_message, message_attributes
+from poller.destinations._aws import (
+    LazyClient,
+    attributes_size,
+    fit_body,
+    fit_message,
+    message_attributes,
+    typed_attributes,
+)
+from poller.destinations.message import Message
 from poller.destinations.s3 import S3Writer, partition_of
 from poller.engine.records import Record
 from poller.errors import DestinationError
@@ -68,6 +77,38 @@ class SqsDestination:
         except AWS_ERRORS as exc:
             raise DestinationError(
                 f"SQS queue {self.queue} did not take the failure record: {error_text(exc)}"
+            ) from exc
+        except ValueError as exc:  # an ARN that is not an SQS queue's
+            raise DestinationError(str(exc)) from exc
+
+    async def publish(self, message: Message) -> None:
+        """One message, its attributes as message attributes; FIFO queues get its group and id."""
+        try:
+            client = await self._client.get()
+            if self._queue is None:
+                self._queue = await resolve_queue(client, self.queue)
+            queue = self._queue
+            attributes = typed_attributes(message.attributes)
+            overflow = self._overflow.put_message if self._overflow is not None else None
+            body = await fit_body(
+                message,
+                limit=queue.maximum_message_size,
+                reserved=attributes_size(attributes),
+                where=f"SQS queue {queue.name}",
+                overflow=overflow,
+            )
+            params: dict[str, Any] = {
+                "QueueUrl": queue.url,
+                "MessageBody": body,
+                "MessageAttributes": attributes,
+            }
+            if queue.fifo:
+                params["MessageGroupId"] = message.group
+                params["MessageDeduplicationId"] = message.message_id
+            await client.send_message(**params)
+        except AWS_ERRORS as exc:
+            raise DestinationError(
+                f"SQS queue {self.queue} did not take the message: {error_text(exc)}"
             ) from exc
         except ValueError as exc:  # an ARN that is not an SQS queue's
             raise DestinationError(str(exc)) from exc

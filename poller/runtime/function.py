@@ -187,11 +187,12 @@ class FunctionRuntime:
         if self.pool is not None:
             await self.pool.retire()
 
-    def new_context(self) -> LambdaContext:
+    def new_context(self, request_id: str | None = None) -> LambdaContext:
+        """The context of one invocation; ``request_id`` defaults to a new one."""
         return LambdaContext(
             function_name=self.name,
             memory_limit_in_mb=self.config.memory_size,
-            aws_request_id=str(uuid.uuid4()),
+            aws_request_id=request_id or str(uuid.uuid4()),
             invoked_function_arn=self.arn,
             log_group_name=f"/aws/lambda/{self.name}",
             log_stream_name=self._stream,

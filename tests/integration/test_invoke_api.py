@@ -29,7 +29,13 @@ from poller.observability.tracing import Telemetry
 
 @pytest.fixture
 async def app(tmp_path: Path) -> AsyncIterator[App]:
-    config = Config.model_validate({"functions": FUNCTIONS, "admin": {"port": 0}})
+    config = Config.model_validate(
+        {
+            "functions": FUNCTIONS,
+            "admin": {"port": 0},
+            "async_queue": {"type": "sqlite", "path": str(tmp_path / "async.db")},
+        }
+    )
     async with running(config) as app:
         yield app
 
@@ -123,7 +129,7 @@ async def test_refusals_raise_the_modelled_exceptions_of_boto3(client: Any) -> N
         await invoke(client, FunctionName="nope", InvocationType="DryRun")
 
 
-async def test_an_event_invocation_is_validated_and_refused_without_a_queue(client: Any) -> None:
+async def test_an_event_invocation_is_validated_then_queued_and_handled(client: Any, tmp_path: Path) -> None:
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         await invoke(client, FunctionName="nope", InvocationType="Event", Payload=b"{}")
     with pytest.raises(client.exceptions.InvalidRequestContentException):
@@ -136,9 +142,15 @@ async def test_an_event_invocation_is_validated_and_refused_without_a_queue(clie
             Payload=b"[" + b" " * 1024 * 1024 + b"]",
         )
     assert "1048576 bytes" in raised.value.response["Error"]["Message"]
-    with pytest.raises(client.exceptions.ServiceException) as raised:
-        await invoke(client, FunctionName="echo", InvocationType="Event", Payload=b"{}")
-    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    started, release = tmp_path / "started", tmp_path / "release"
+    release.touch()  # the handler returns at once
+    event = json.dumps({"started": str(started), "release": str(release)}).encode()
+    accepted = await invoke(client, FunctionName="single", InvocationType="Event", Payload=event)
+    assert accepted["StatusCode"] == 202
+    assert accepted["Payload"] == b""
+    # The queued event is invoked with the request id the 202 carried.
+    await wait_for(started.exists, timeout=30, message="the queued event handled")
+    assert started.read_text() == accepted["ResponseMetadata"]["RequestId"]
 
 
 async def test_a_busy_function_refuses_a_synchronous_invoke_at_once(client: Any, tmp_path: Path) -> None:
@@ -222,7 +234,13 @@ async def test_an_invocation_gets_a_span_that_continues_the_callers_trace(tmp_pa
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    config = Config.model_validate({"functions": FUNCTIONS, "admin": {"port": 0}})
+    config = Config.model_validate(
+        {
+            "functions": FUNCTIONS,
+            "admin": {"port": 0},
+            "async_queue": {"type": "sqlite", "path": str(tmp_path / "async.db")},
+        }
+    )
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     async with (
         running(config, telemetry=Telemetry(tracer_provider=provider)) as app,
