@@ -40,8 +40,8 @@ from aiohttp import web
 
 from poller.app import loop_factory, tune_garbage_collector
 from poller.config import Function
-from poller.invocation.http_event import HttpRequest, UrlInfo, request_event
-from poller.invocation.url_listeners import FunctionUrls
+from poller.invocation.urls.event import HttpRequest, UrlInfo, request_event
+from poller.invocation.urls.listeners import FunctionUrls
 from poller.observability.tracing import Telemetry, configure_tracing
 from poller.runtime.environments.api import Response
 from poller.runtime.function import FunctionRuntime

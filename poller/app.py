@@ -24,9 +24,9 @@ from poller.config.diff import diff
 from poller.destinations import Destination, build_destination
 from poller.errors import ConfigError, PollerError
 from poller.invocation.api import InvokeApi
-from poller.invocation.async_invoker import AsyncInvocations
-from poller.invocation.async_store import build_event_store
-from poller.invocation.url_listeners import FunctionUrls, urls_of
+from poller.invocation.asynchronous.invoker import AsyncInvocations
+from poller.invocation.asynchronous.store import build_event_store
+from poller.invocation.urls.listeners import FunctionUrls, urls_of
 from poller.observability.admin import AdminServer
 from poller.observability.async_metrics import AsyncInvocationCollector
 from poller.observability.async_spans import AsyncTelemetry

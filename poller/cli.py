@@ -175,7 +175,7 @@ def _queue_event(config: Config, name: str, payload: bytes) -> int:
     and print its request id, as ``aws lambda invoke --invocation-type Event`` answers."""
     import uuid
 
-    from poller.invocation.async_invoker import PayloadTooLarge
+    from poller.invocation.asynchronous.invoker import PayloadTooLarge
 
     request_id = str(uuid.uuid4())
     try:
@@ -194,8 +194,8 @@ async def _enqueue(config: Config, name: str, payload: bytes, request_id: str) -
     from opentelemetry import trace
 
     from poller.clock import Clock
-    from poller.invocation.async_invoker import enqueue
-    from poller.invocation.async_store import build_event_store
+    from poller.invocation.asynchronous.invoker import enqueue
+    from poller.invocation.asynchronous.store import build_event_store
     from poller.observability.async_spans import AsyncTelemetry
     from poller.observability.tracing import configure_tracing, shutdown_tracing
 

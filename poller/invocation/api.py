@@ -32,9 +32,9 @@ from poller.config import AdminCredentials
 from poller.connections.aws import default_region
 from poller.errors import PollerError, Throttled
 from poller.invocation import errors
+from poller.invocation.asynchronous.queue import EventQueue
 from poller.invocation.errors import REQUEST_ID_HEADER, ApiError
 from poller.invocation.names import LATEST, resolve
-from poller.invocation.queue import EventQueue
 from poller.invocation.sigv4 import SignatureVerifier
 from poller.invocation.sync import SyncResult, invoke_sync
 from poller.observability.invocation_spans import InvocationSpans

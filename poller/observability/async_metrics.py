@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from poller.invocation.async_invoker import AsyncInvocations
+from poller.invocation.asynchronous.invoker import AsyncInvocations
 
 
 class AsyncInvocationCollector(Collector):

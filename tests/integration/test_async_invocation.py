@@ -35,8 +35,8 @@ from support import (
 from poller.app import App
 from poller.clock import Clock
 from poller.config import load_config
-from poller.invocation.async_invoker import enqueue
-from poller.invocation.async_store import SqliteEventStore
+from poller.invocation.asynchronous.invoker import enqueue
+from poller.invocation.asynchronous.store import SqliteEventStore
 from poller.observability.async_spans import AsyncTelemetry
 
 PYTHON = f"python{sys.version_info.major}.{sys.version_info.minor}"

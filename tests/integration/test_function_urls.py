@@ -31,8 +31,8 @@ from support import recorded_lines, running, serving, wait_for
 
 from poller.app import App
 from poller.config import Config, load_config
-from poller.invocation.function_url import FunctionUrlError
-from poller.invocation.http_event import MAX_PAYLOAD_BYTES
+from poller.invocation.urls.event import MAX_PAYLOAD_BYTES
+from poller.invocation.urls.listener import FunctionUrlError
 from poller.observability.tracing import Telemetry
 
 HERE = Path(__file__).parent

@@ -27,9 +27,9 @@ from poller.clock import Clock
 from poller.config import Config, Function
 from poller.destinations import Destination, build_destination
 from poller.engine.outcome import InvocationError
-from poller.invocation.async_invoker import AsyncInvocations, PayloadTooLarge, concurrency_of
-from poller.invocation.async_store import ConsumerLock, SqliteEventStore
-from poller.invocation.queue import QueueBusy
+from poller.invocation.asynchronous.invoker import AsyncInvocations, PayloadTooLarge, concurrency_of
+from poller.invocation.asynchronous.queue import QueueBusy
+from poller.invocation.asynchronous.store import ConsumerLock, SqliteEventStore
 from poller.observability.async_spans import AsyncTelemetry
 from poller.runtime.environments.api import Response
 from poller.runtime.environments.environment import InvokeResult

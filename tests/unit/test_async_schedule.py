@@ -10,8 +10,8 @@ import pytest
 
 from poller.config import Config
 from poller.engine.backoff import Backoff
-from poller.invocation.record import dead_letter_attributes, invocation_record, without_payloads
-from poller.invocation.schedule import (
+from poller.invocation.asynchronous.record import dead_letter_attributes, invocation_record, without_payloads
+from poller.invocation.asynchronous.schedule import (
     EVENT_AGE_EXCEEDED,
     RETRIES_EXHAUSTED,
     GiveUp,

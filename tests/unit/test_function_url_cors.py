@@ -4,8 +4,8 @@ preflights, what a preflight is answered, and the headers added to (and replaced
 from __future__ import annotations
 
 from poller.config.function_url import Cors
-from poller.invocation.cors import is_preflight, preflight_response, with_cors
-from poller.invocation.http_event import HttpRequest, HttpResponse
+from poller.invocation.urls.cors import is_preflight, preflight_response, with_cors
+from poller.invocation.urls.event import HttpRequest, HttpResponse
 
 CORS = Cors(
     allow_origins=["https://app.example.com"],

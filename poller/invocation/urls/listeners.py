@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from poller.config import Function
 from poller.config.admin import AdminCredentials
 from poller.config.function_url import FunctionUrl
-from poller.invocation.function_url import FunctionUrlError, FunctionUrlListener
 from poller.invocation.sigv4 import SignatureVerifier
-from poller.invocation.url_telemetry import UrlTelemetry
+from poller.invocation.urls.listener import FunctionUrlError, FunctionUrlListener
 from poller.observability.tracing import Telemetry
+from poller.observability.url_telemetry import UrlTelemetry
 from poller.runtime.function import FunctionRuntime
 
 log = logging.getLogger(__name__)

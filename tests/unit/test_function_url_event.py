@@ -18,7 +18,7 @@ import pytest
 from aws_lambda_powertools.utilities.parser.models import LambdaFunctionUrlModel
 
 from handlers import web
-from poller.invocation.http_event import (
+from poller.invocation.urls.event import (
     HttpRequest,
     MalformedResponse,
     UrlInfo,

@@ -22,9 +22,9 @@ import orjson
 
 from poller.clock import Clock
 from poller.config import Function
-from poller.invocation.delivery import DEAD_LETTER, THROTTLE_ERROR, event_ids
-from poller.invocation.queue import DELIVER, EventStore, LastAttempt, StoredEvent, Target
-from poller.invocation.schedule import (
+from poller.invocation.asynchronous.delivery import DEAD_LETTER, THROTTLE_ERROR, event_ids
+from poller.invocation.asynchronous.queue import DELIVER, EventStore, LastAttempt, StoredEvent, Target
+from poller.invocation.asynchronous.schedule import (
     EVENT_AGE_EXCEEDED,
     SUCCESS,
     GiveUp,

@@ -1,7 +1,7 @@
 """What an event in the queue of asynchronous invocations is, what a store of them does, and what
 the Invoke API hands an accepted ``Event`` invocation to (:class:`EventQueue`).
 
-The store of ``async_queue`` (:mod:`.async_store` for SQLite) keeps each accepted event as a
+The store of ``async_queue`` (:mod:`.store` for SQLite) keeps each accepted event as a
 :class:`StoredEvent` until its last destination confirmed it; the workers change its state through
 the :class:`EventStore` methods, each one a write that outlives a crash of the process.
 """
@@ -125,7 +125,7 @@ class EventStore(Protocol):
 
 class EventQueue(Protocol):
     """Where accepted asynchronous invocations wait until they are processed (the App's
-    :class:`~poller.invocation.async_invoker.AsyncInvocations`)."""
+    :class:`~poller.invocation.asynchronous.invoker.AsyncInvocations`)."""
 
     async def accept(
         self, function: FunctionRuntime, payload: bytes, *, request_id: str, trace_parent: str | None

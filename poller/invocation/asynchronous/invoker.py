@@ -7,7 +7,7 @@ returns once the event is committed to the store. :meth:`AsyncInvocations.run` w
 The store is the truth: events that another process added (``poller invoke --async``) are found
 by looking at it every :data:`POLL_INTERVAL` seconds, while what happens in this process (an
 accept, a finished attempt, a retry written) wakes the workers at once. Each step of an event is
-a write to its row (:mod:`.async_store`), so an attempt that a crash interrupted is made again
+a write to its row (:mod:`.store`), so an attempt that a crash interrupted is made again
 after the restart; a retry's wait is a row with a later ``due_at``, not a task, so a backlog costs
 no memory beyond the attempts running.
 
@@ -32,9 +32,9 @@ from poller.connections.aws import ACCOUNT_ID, default_region
 from poller.destinations import Destination
 from poller.engine.backoff import Backoff
 from poller.errors import PollerError
-from poller.invocation.attempts import AsyncCounts, AsyncFunction, Attempts
-from poller.invocation.delivery import Deliveries, event_ids
-from poller.invocation.queue import (
+from poller.invocation.asynchronous.attempts import AsyncCounts, AsyncFunction, Attempts
+from poller.invocation.asynchronous.delivery import Deliveries, event_ids
+from poller.invocation.asynchronous.queue import (
     EventQueueError,
     EventStore,
     FunctionBacklog,

@@ -12,7 +12,7 @@ preflight answer says; the browser enforces it.
 from __future__ import annotations
 
 from poller.config.function_url import Cors
-from poller.invocation.http_event import HttpRequest, HttpResponse
+from poller.invocation.urls.event import HttpRequest, HttpResponse
 
 ALLOW_ORIGIN = "Access-Control-Allow-Origin"
 ALLOW_METHODS = "Access-Control-Allow-Methods"

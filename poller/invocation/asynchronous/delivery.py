@@ -22,9 +22,9 @@ from poller.destinations import Destination
 from poller.destinations.message import Message, MessageTooLarge
 from poller.engine.backoff import Backoff
 from poller.errors import DestinationError
-from poller.invocation.queue import EventStore, StoredEvent, Target
-from poller.invocation.record import dead_letter_attributes, invocation_record, without_payloads
-from poller.invocation.schedule import SUCCESS
+from poller.invocation.asynchronous.queue import EventStore, StoredEvent, Target
+from poller.invocation.asynchronous.record import dead_letter_attributes, invocation_record, without_payloads
+from poller.invocation.asynchronous.schedule import SUCCESS
 from poller.observability.async_spans import AsyncTelemetry, trace_id_of
 
 log = logging.getLogger(__name__)

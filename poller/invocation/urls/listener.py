@@ -1,11 +1,11 @@
 """One function's URL: an HTTP listener that invokes the function synchronously with every request
 (any method, any path), as Lambda function URLs do (SPEC section 13).
 
-Each request becomes a payload format 2.0 event (:mod:`poller.invocation.http_event`), is invoked
+Each request becomes a payload format 2.0 event (:mod:`poller.invocation.urls.event`), is invoked
 without waiting for concurrency (none left: 429, as Lambda throttles), and the function's result
 becomes the response: a function error, timeout or crash, or a malformed response, is a 502.
 With ``cors`` set the listener answers preflight requests itself and adds the CORS headers
-(:mod:`poller.invocation.cors`). Every response of an invocation carries its request id in
+(:mod:`poller.invocation.urls.cors`). Every response of an invocation carries its request id in
 ``x-amzn-RequestId``, the id the function's context and its log lines have.
 """
 
@@ -22,8 +22,9 @@ from aiohttp import HttpVersion11, web
 from poller.config.function_url import FunctionUrl
 from poller.connections.aws import ACCOUNT_ID
 from poller.errors import PollerError, Throttled
-from poller.invocation.cors import is_preflight, preflight_response, with_cors
-from poller.invocation.http_event import (
+from poller.invocation.sigv4 import SignatureVerifier
+from poller.invocation.urls.cors import is_preflight, preflight_response, with_cors
+from poller.invocation.urls.event import (
     FORBIDDEN,
     FUNCTION_ERROR,
     MAX_PAYLOAD_BYTES,
@@ -36,9 +37,8 @@ from poller.invocation.http_event import (
     request_event,
     response_of,
 )
-from poller.invocation.sigv4 import SignatureVerifier
-from poller.invocation.url_telemetry import UrlRequestSpan, UrlTelemetry
 from poller.observability.tracing import xray_trace_header
+from poller.observability.url_telemetry import UrlRequestSpan, UrlTelemetry
 from poller.runtime.environments.api import Response
 from poller.runtime.function import FunctionRuntime
 

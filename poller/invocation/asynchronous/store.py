@@ -31,7 +31,7 @@ import orjson
 from poller.config.invocation import AsyncQueue
 from poller.connections.sqlite import SqliteFile
 from poller.errors import SourceError
-from poller.invocation.queue import (
+from poller.invocation.asynchronous.queue import (
     DELIVER,
     INVOKE,
     EventQueueError,
