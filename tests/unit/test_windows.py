@@ -1,7 +1,11 @@
 """Tumbling windows: the pure rules (alignment, runs, the response's state) and the real runner over
 an in-memory stream with a real SQLite window store: state carried from invocation to invocation,
 one final invocation per window, a restart in the middle of a window, early termination, a missing
-state, and a shard that ends."""
+state, and a shard that ends.
+
+The function is ``runtime: inline`` on purpose: the tests steer the handler from this process to
+give each invocation the answer the case needs; tests/integration/test_tumbling_windows.py runs
+windows in execution environments against real brokers."""
 
 from __future__ import annotations
 
@@ -100,7 +104,7 @@ def make_runner(source: MemoryStream, store_path: Path, clock: FakeClock, **mapp
     config = Config.model_validate(
         {
             "connections": {"k": {"type": "kafka", "bootstrap_servers": "127.0.0.1:1"}},
-            "functions": {"fn": {"handler": "orchestration_handlers:handler"}},
+            "functions": {"fn": {"runtime": "inline", "handler": "orchestration_handlers:handler"}},
             "mappings": {
                 "m": {
                     "function_name": "fn",
