@@ -218,6 +218,9 @@ async def test_a_state_over_one_megabyte_ends_the_window_early_and_a_new_one_sta
 async def test_a_response_without_state_fails_and_is_retried(tmp_path: Path) -> None:
     behave(no_state)
     clock = FakeClock()
+    # A second into a window, so that the retries' backoff (1 s, then 2 s, on the fake clock) never
+    # reaches its end: a window that ended would add its final invocations to the count.
+    clock.slept = 1 - clock.now() % LENGTH
     source = MemoryStream()
     source.put("t-0", {"v": 0}, timestamp=clock.now())
     runner = make_runner(source, tmp_path / "windows.db", clock, maximum_retry_attempts=2)
