@@ -10,6 +10,12 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY poller ./poller
 COPY handlers ./handlers
+# tini as PID 1: functions run in execution environments, poller's child processes, and PID 1 must
+# reap what they leave behind; it passes SIGTERM on to poller. The image has no node: for the
+# Node.js runtimes, add it in an image of your own (docs/runtimes.md, "Requirements").
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
 # The speed extra adds uvloop, the event loop `poller run` uses when it is installed.
 RUN pip install '.[speed]' \
  && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin poller \
@@ -22,7 +28,8 @@ VOLUME ["/var/lib/poller"]
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
-# Exec form: poller is PID 1 and gets SIGTERM itself, so it drains in-flight batches before exiting.
+# Exec form under tini: SIGTERM reaches poller, which drains in-flight batches and stops its
+# environments before exiting.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["poller"]
+ENTRYPOINT ["tini", "--", "poller"]
 CMD ["run", "-c", "config/compose.yaml"]

@@ -10,10 +10,16 @@ group join, partition assignment and start-up behind us) and the moment it first
 (90 %, before the tail, where only the last partitions still have records). The consumer stamps
 both moments itself, with the system-wide monotonic clock and its own process CPU time, so the
 harness's polling interval does not blur them.
+
+A poller whose handler runs in execution environments has several processes counting into one
+file: there (``AWS_LAMBDA_RUNTIME_API`` is set) each update takes the file's lock and adds to the
+count the file holds, and the CPU stamped is that of poller and all its environments (poller is
+the environments' parent), read from ``/proc``: what the contender as a whole spent.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -77,10 +83,15 @@ class Progress:
 
     def __init__(self, path: Path | str) -> None:
         fd = os.open(path, os.O_RDWR)
+        # In an execution environment, one of several processes of the same contender.
+        self._shared = "AWS_LAMBDA_RUNTIME_API" in os.environ
         try:
             self._map = mmap.mmap(fd, _SIZE)
         finally:
-            os.close(fd)
+            if self._shared:
+                self._fd = fd  # kept for its lock
+            else:
+                os.close(fd)
         values = _LAYOUT.unpack(self._map[:_SIZE])
         self._lo, self._hi = values[1], values[2]
         self._count = 0
@@ -97,6 +108,9 @@ class Progress:
         return self._count
 
     def add(self, records: int) -> None:
+        if self._shared:
+            self._add_shared(records)
+            return
         now = time.monotonic()
         count = self._count = self._count + records
         if not self._first:
@@ -110,3 +124,45 @@ class Progress:
             _STAMP.pack_into(self._map, _AT_HI, count, now, time.process_time())
         _TIME.pack_into(self._map, _LAST, now)
         _COUNT.pack_into(self._map, 0, count)
+
+    def _add_shared(self, records: int) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            now = time.monotonic()
+            (count,) = _COUNT.unpack_from(self._map, 0)
+            count += records
+            if not _TIME.unpack_from(self._map, _FIRST)[0]:
+                _TIME.pack_into(self._map, _FIRST, now)
+            if count >= self._lo and not _COUNT.unpack_from(self._map, _AT_LO)[0]:
+                _STAMP.pack_into(self._map, _AT_LO, count, now, poller_cpu())
+            if count >= self._hi and not _COUNT.unpack_from(self._map, _AT_HI)[0]:
+                _STAMP.pack_into(self._map, _AT_HI, count, now, poller_cpu())
+            _TIME.pack_into(self._map, _LAST, now)
+            _COUNT.pack_into(self._map, 0, count)
+            self._count = count
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_and_parent(pid: int) -> tuple[float, int] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[1])  # utime + stime, ppid
+
+
+def poller_cpu() -> float:
+    """CPU seconds of this environment's poller (its parent) and of all the poller's children."""
+    poller = os.getppid()
+    total = 0.0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            found = _cpu_and_parent(int(entry.name))
+            if found is not None and (int(entry.name) == poller or found[1] == poller):
+                total += found[0]
+    return total

@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
-TARGET_RATIO = 0.9  # SPEC section 10: at least 0.9x the raw loop
+# SPEC section 10: at least 0.9x the raw loop with ``runtime: inline``, 0.6x with the default
+# runtime (execution environments: every event crosses a process boundary), at batch size 100.
+TARGET_RATIO = 0.9
+TARGET_RATIO_ENVIRONMENTS = 0.6
+CONTENDERS = ("raw", "poller", "poller-inline", "faststream")
 TARGET_P99_MS = 20.0
 
 SCALING_TICKS = ([1, 2, 4, 8], [1, 10, 100, 1000])
@@ -83,7 +87,9 @@ def _throughput_table(throughput: dict[str, Any]) -> list[str]:
         "",
         "Median of the runs (each run: a fresh topic/queue/stream pre-filled with 1 KiB records, consumed whole;"
         " records/s over the steady part, 10 % to 90 % of the records). CPU is the consuming process's"
-        " user + system time per 10,000 records over the same part.",
+        " user + system time per 10,000 records over the same part (for `poller`, whose handler runs in"
+        " execution environments, poller's and its environments' together). `poller` runs the default"
+        " runtime, `poller-inline` `runtime: inline`.",
         "",
         "| Source | Records x runs | Batch | Partitions | Contender | Records/s | CPU s / 10k | Peak RSS MiB | Runs (records/s) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -92,7 +98,7 @@ def _throughput_table(throughput: dict[str, Any]) -> list[str]:
     for source, entry in throughput.items():
         workload = entry["workload"]
         summary = entry["summary"]
-        for contender in ("raw", "poller", "faststream"):
+        for contender in CONTENDERS:
             row = summary.get(contender)
             if row is None:
                 continue
@@ -103,20 +109,26 @@ def _throughput_table(throughput: dict[str, Any]) -> list[str]:
                 f"| {contender} | {_num(row['rate'])} | {_num(row['cpu_per_10k'], 3)} | {_num(row['peak_rss_mb'])} | {rates}{errors} |"
             )
         raw, poller, fast = summary.get("raw", {}), summary.get("poller", {}), summary.get("faststream")
+        inline = summary.get("poller-inline")
         rate_vs_raw = _ratio(poller.get("rate"), raw.get("rate"))
         # CPU per record, inverted so that above 1 is better for the poller, like the rate ratio.
         cpu_vs_raw = _ratio(raw.get("cpu_per_10k"), poller.get("cpu_per_10k"))
+        inline_vs_raw = _ratio(inline.get("rate"), raw.get("rate")) if inline else None
         rate_vs_fast = _ratio(poller.get("rate"), fast.get("rate")) if fast else None
-        ratios.append((source, rate_vs_raw, cpu_vs_raw, rate_vs_fast, entry.get("broker_bound", False)))
+        ratios.append(
+            (source, rate_vs_raw, cpu_vs_raw, inline_vs_raw, rate_vs_fast, entry.get("broker_bound", False))
+        )
     lines += [
         "",
-        "| Source | poller / raw (records/s) | raw / poller (CPU per record) | poller / FastStream (records/s) | Target (>= 0.9x raw, > FastStream) |",
-        "|---|---|---|---|---|",
+        "| Source | poller / raw (records/s) | raw / poller (CPU per record) | poller-inline / raw (records/s) "
+        "| poller / FastStream (records/s) | Target (>= 0.6x raw, inline >= 0.9x, > FastStream) |",
+        "|---|---|---|---|---|---|",
     ]
-    for source, rate_vs_raw, cpu_vs_raw, rate_vs_fast, broker_bound in ratios:
+    for source, rate_vs_raw, cpu_vs_raw, inline_vs_raw, rate_vs_fast, broker_bound in ratios:
         met = (
             rate_vs_raw is not None
-            and rate_vs_raw >= TARGET_RATIO
+            and rate_vs_raw >= TARGET_RATIO_ENVIRONMENTS
+            and (inline_vs_raw is None or inline_vs_raw >= TARGET_RATIO)
             and (rate_vs_fast is None or rate_vs_fast > 1)
         )
         verdict = "met" if met else "**not met**"
@@ -124,6 +136,7 @@ def _throughput_table(throughput: dict[str, Any]) -> list[str]:
             verdict += " (broker-bound: compare CPU per record)"
         lines.append(
             f"| {source} | {_num(rate_vs_raw, 2)} | {_num(cpu_vs_raw, 2)} | "
+            f"{_num(inline_vs_raw, 2) if inline_vs_raw is not None else 'n/a'} | "
             f"{_num(rate_vs_fast, 2) if rate_vs_fast is not None else 'n/a'} | {verdict} |"
         )
     return [*lines, ""]

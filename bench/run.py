@@ -1,7 +1,9 @@
 """Run one contender over one target in a process of its own and measure it.
 
 The poller runs as ``poller run -c CONFIG`` (the real command line, a generated config, the
-``bench.handlers`` no-op handler); the others as ``python -m bench.consume``. The harness watches
+``bench.handlers`` no-op handler): contender ``poller`` with the default runtime (the handler in
+execution environments, SPEC section 12), ``poller-inline`` with ``runtime: inline``; the others as
+``python -m bench.consume``. The harness watches
 the progress file until every record was handed to user code, reads the process's peak RSS, then
 stops it with SIGTERM as an operator would.
 """
@@ -56,7 +58,13 @@ class Measurement:
         return asdict(self)
 
 
-def poller_config(bench: SourceBench, target: Target, handler: str) -> dict[str, Any]:
+# The poller contenders and the function runtime each runs (None: the default, environments).
+POLLER_RUNTIMES: dict[str, str | None] = {"poller": None, "poller-inline": "inline"}
+
+
+def poller_config(
+    bench: SourceBench, target: Target, handler: str, runtime: str | None = None
+) -> dict[str, Any]:
     workload = target.workload
     mapping: dict[str, Any] = {
         "function_name": "bench",
@@ -69,7 +77,9 @@ def poller_config(bench: SourceBench, target: Target, handler: str) -> dict[str,
         mapping["maximum_batching_window_in_seconds"] = workload.window
     return {
         "connections": {"bench": bench.poller_connection()},
-        "functions": {"bench": {"handler": handler, "timeout": 60}},
+        "functions": {
+            "bench": {"handler": handler, "timeout": 60, **({"runtime": runtime} if runtime else {})}
+        },
         "mappings": {"bench": mapping},
         "admin": {"host": "127.0.0.1", "port": 0},
     }
@@ -78,9 +88,10 @@ def poller_config(bench: SourceBench, target: Target, handler: str) -> dict[str,
 def _argv(
     bench: SourceBench, target: Target, contender: str, workdir: Path, handler: str, latency: Path | None
 ) -> list[str]:
-    if contender == "poller":
+    if contender in POLLER_RUNTIMES:
         config = workdir / "poller.yaml"
-        config.write_bytes(orjson.dumps(poller_config(bench, target, handler), option=orjson.OPT_INDENT_2))
+        settings = poller_config(bench, target, handler, POLLER_RUNTIMES[contender])
+        config.write_bytes(orjson.dumps(settings, option=orjson.OPT_INDENT_2))
         poller = Path(sys.executable).parent / "poller"
         command = [str(poller)] if poller.exists() else [sys.executable, "-m", "poller"]
         return [*command, "run", "-c", str(config), "--drain-timeout", "10"]
@@ -146,7 +157,7 @@ class Consumer:
                 filter(None, [os.environ.get("BENCH_POLLER_PATH"), str(REPO), os.environ.get("PYTHONPATH")])
             ),
         }
-        if self.latency_path is not None and self.contender == "poller":
+        if self.latency_path is not None and self.contender in POLLER_RUNTIMES:
             env["BENCH_LATENCY"] = str(self.latency_path)
         with self.log_path.open("wb") as log_file:
             self.process = await asyncio.create_subprocess_exec(

@@ -1,6 +1,7 @@
 """Fail each batch the first time it is seen, then succeed: shows retries with backoff.
 
-Set FLAKY_FAILURES to fail more times than once.
+Set FLAKY_FAILURES to fail more times than once. What was seen is kept in the module, so, as on
+Lambda, per execution environment: a retry that another environment takes fails there once more.
 """
 
 import base64

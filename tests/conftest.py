@@ -30,6 +30,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # The same directory as `python -m poller.devtools.standins`, so a CI trap's `stop` also finds a broker
 # left behind by a test run that was killed before its teardown.
 STATE_DIR = REPO_ROOT / ".brokers"
+# Functions run in execution environments, child processes that import their handler as Python
+# does, from the working directory and PYTHONPATH (SPEC section 5), and inherit poller's environment:
+# this makes the test handler modules (and the helpers they share) importable there as they are here.
+HANDLER_PATHS = [REPO_ROOT / "tests" / "integration", REPO_ROOT / "tests"]
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [*map(str, HANDLER_PATHS), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])]
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _calls_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Where the test handlers record what they saw (``tests/integration/recording.py``): in files,
+    since they run in other processes; environments inherit the variable from poller."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CALLS_DIR", str(tmp_path_factory.mktemp("calls")))
+        yield
 
 
 def _first_address(bootstrap: str) -> tuple[str, int] | None:

@@ -30,7 +30,8 @@ FILL_IN_FLIGHT = 16
 
 class KafkaBench(SourceBench):
     name = "kafka"
-    contenders: ClassVar[tuple[str, ...]] = ("raw", "faststream")
+    # poller-inline: the same poller with ``runtime: inline``, side by side with the default runtime.
+    contenders: ClassVar[tuple[str, ...]] = ("raw", "poller-inline", "faststream")
     default_records = 200_000
     scaling_records = 100_000
     default_parallelism = 4

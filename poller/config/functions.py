@@ -5,7 +5,8 @@ the environments it runs in. Keys as Terraform's ``aws_lambda_function`` names t
 from __future__ import annotations
 
 import re
-from typing import Literal
+import sys
+from typing import Literal, cast
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -32,9 +33,12 @@ Runtime = Literal[
     "provided.al2",
     "provided.al2023",
 ]
-# What an omitted ``runtime`` means. Still the in-process runner while the test suite's handlers keep
-# their state in the test process; environments become the default once they record it in files.
-DEFAULT_RUNTIME: Runtime = "inline"
+# What an omitted ``runtime`` means (SPEC section 12): the Python runtime of the interpreter that runs
+# poller, in process environments. Derived rather than written down, so that it always names a
+# ``python3.X`` that :func:`poller.runtime.environments.runtimes.python_for` maps to poller's own
+# interpreter; ``runtime`` stays None in the model, so the exported schema does not depend on which
+# Python generated it.
+DEFAULT_RUNTIME = cast(Runtime, f"python{sys.version_info.major}.{sys.version_info.minor}")
 NODE_HANDLER_PATTERN = r"^[^\s]*[^\s/.][.][A-Za-z_$][\w$]*([.][A-Za-z_$][\w$]*)*$"
 
 
@@ -43,7 +47,8 @@ class Function(Model):
         None,
         description="python3.X (AWS's awslambdaric on poller's interpreter), nodejs18.x/20.x/22.x (node), "
         "provided/provided.al2/provided.al2023 (CODE/bootstrap), or inline (imported into poller's own "
-        f"process, no isolation). Default: {DEFAULT_RUNTIME}.",
+        "process, no isolation). Default: the python3.X of the interpreter that runs poller, in "
+        "environments.",
     )
     handler: str = Field(
         min_length=1,

@@ -190,7 +190,9 @@ class BatchProcessor:
         counts.in_flight += 1
         try:
             with self.telemetry.attempt(self.info, batch) as attempt:
-                event = self.source.format.event(batch.records)
+                # A function in environments gets the event as JSON, serialised at once: its
+                # records need no copies of their own (EventFormat.event).
+                event = self.source.format.event(batch.records, own=self.function.pool is None)
                 if self.windows is not None:
                     event.update(self.windows.event_fields(lane))
                 result = await self.function.invoke(event, fresh=True, report=attempt)

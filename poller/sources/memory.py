@@ -33,8 +33,8 @@ class MemoryEventFormat:
     messaging_system = "memory"
     filter_field = FilterField("data", base64=False, plain_text=True)
 
-    def event(self, records: Sequence[Record]) -> dict[str, Any]:
-        return {"Records": [json_copy(record.payload) for record in records]}
+    def event(self, records: Sequence[Record], *, own: bool = True) -> dict[str, Any]:
+        return {"Records": [json_copy(record.payload) if own else record.payload for record in records]}
 
     def describe(self, records: Sequence[Record]) -> dict[str, Any]:
         return {

@@ -35,13 +35,17 @@ class EventFormat(Protocol):
     # Which field of a record filter patterns see as its data, and how (SPEC section 14).
     filter_field: FilterField
 
-    def event(self, records: Sequence[Record]) -> dict[str, Any]:
+    def event(self, records: Sequence[Record], *, own: bool = True) -> dict[str, Any]:
         """The handler's event for a batch, exactly as AWS would build it.
 
         Every call builds new dicts and lists (strings and numbers are immutable and may be
         shared), so that the handler owns its event as on Lambda: what it changes in it never
         reaches the records that are retried or dead-lettered. This is what lets the function
-        runtime hand the event over without a JSON copy (``fresh=True``)."""
+        runtime hand the event over without a JSON copy (``fresh=True``).
+
+        ``own=False``: only the outer containers are new; the records' own dicts are in it as
+        they are. For an event that is serialised at once and never handed to code (a function
+        in execution environments gets it as JSON): nothing is copied that would be thrown away."""
 
     def describe(self, records: Sequence[Record]) -> dict[str, Any]:
         """The ``source`` object of the on-failure record: where these records came from."""

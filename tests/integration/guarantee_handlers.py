@@ -2,31 +2,25 @@
 
 A handler is named ``guarantee_handlers:<callable>`` in a test config and sees the exact AWS event
 of its source; :func:`view` reads any of the four shapes into :class:`Seen` records, so the handlers
-and the tests stay broker-neutral. What a handler saw is kept per resource (topic, queue or stream
-name), so each test reads only its own calls. Bodies decide what a handler does: one containing
-"poison" fails its invocation, one starting with "flaky" is reported failed the first time it is seen.
+and the tests stay broker-neutral. Handlers run in execution environments (other processes), so
+what they saw is kept in files (``recording``), per resource (topic, queue or stream name): each
+test reads only its own calls, with :func:`calls`, :func:`succeeded` and :func:`most_in_flight`.
+Bodies decide what a handler does: one containing "poison" fails its invocation, one starting with
+"flaky" is reported failed the first time it is seen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
-import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-# Per resource: every invocation's records, in order; the records of invocations (or items) that
-# succeeded; the batches of each lane running now and at most.
-CALLS: dict[str, list[list[Seen]]] = defaultdict(list)
-SUCCEEDED: dict[str, list[Seen]] = defaultdict(list)
-IN_FLIGHT: dict[tuple[str, str], int] = defaultdict(int)
-MOST_IN_FLIGHT: dict[tuple[str, str], int] = defaultdict(int)
-_REPORTED: set[tuple[str, str]] = set()  # (resource, body) reported failed once already
-_lock = threading.Lock()
+import recording
 
 
 @dataclass(frozen=True)
@@ -83,47 +77,66 @@ def _rabbitmq(key: str, message: dict[str, Any]) -> Seen:
 
 
 def _remember(event: dict[str, Any]) -> list[Seen]:
-    seen = view(event)
-    with _lock:
-        CALLS[seen[0].resource].append(seen)
-    return seen
+    return view(event)
 
 
-def _succeeded(seen: list[Seen]) -> None:
+def _record(seen: list[Seen], started: float, *, succeeded: list[Seen]) -> None:
+    """One line per invocation: its records, when it ran, and those of them that succeeded."""
     if seen:
-        with _lock:
-            SUCCEEDED[seen[0].resource].extend(seen)
+        recording.append(
+            seen[0].resource,
+            {
+                "records": [dataclasses.asdict(record) for record in seen],
+                "succeeded": [seen.index(record) for record in succeeded],
+                "span": [started, time.monotonic()],
+            },
+        )
+
+
+def calls(resource: str) -> list[list[Seen]]:
+    """Every invocation's records, in order."""
+    return [[Seen(**record) for record in call["records"]] for call in recording.entries(resource)]
+
+
+def succeeded(resource: str) -> list[Seen]:
+    """The records of invocations (or items) that succeeded."""
+    return [
+        Seen(**call["records"][index]) for call in recording.entries(resource) for index in call["succeeded"]
+    ]
+
+
+def most_in_flight(resource: str, lane: str) -> int:
+    """The most batches of ``lane`` that were in the handler at once."""
+    return recording.most_at_once(
+        tuple(call["span"])
+        for call in recording.entries(resource)
+        if any(record["lane"] == lane for record in call["records"])
+    )
 
 
 async def collect(event: dict[str, Any], context: Any) -> None:
-    """Record the batch and take a moment (so that batches could overlap); fail the invocation if a
+    """Record the batch after a moment (so that batches could overlap); fail the invocation if a
     body contains "poison"."""
+    started = time.monotonic()
     seen = _remember(event)
-    lanes = {(record.resource, record.lane) for record in seen}
-    for lane in lanes:
-        IN_FLIGHT[lane] += 1
-        MOST_IN_FLIGHT[lane] = max(MOST_IN_FLIGHT[lane], IN_FLIGHT[lane])
-    try:
-        await asyncio.sleep(0.01)
-    finally:
-        for lane in lanes:
-            IN_FLIGHT[lane] -= 1
-    for record in seen:
-        if "poison" in record.body:
-            raise ValueError(f"cannot handle {record.body}")
-    _succeeded(seen)
+    await asyncio.sleep(0.01)
+    poisoned = [record for record in seen if "poison" in record.body]
+    _record(seen, started, succeeded=[] if poisoned else seen)
+    if poisoned:
+        raise ValueError(f"cannot handle {poisoned[0].body}")
 
 
 def report_flaky_once(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """A partial batch response: each "flaky..." record is reported failed the first time it is seen."""
+    started = time.monotonic()
     seen = _remember(event)
-    failed = []
-    with _lock:
-        for record in seen:
-            if record.body.startswith("flaky") and (record.resource, record.body) not in _REPORTED:
-                _REPORTED.add((record.resource, record.body))
-                failed.append(record)
-    _succeeded([record for record in seen if record not in failed])
+    failed = [
+        record
+        for record in seen
+        if record.body.startswith("flaky")
+        and recording.first_time(f"{record.resource}.reported", record.body)
+    ]
+    _record(seen, started, succeeded=[record for record in seen if record not in failed])
     return {"batchItemFailures": [{"itemIdentifier": record.item} for record in failed]}
 
 

@@ -1,6 +1,8 @@
-"""Handlers for the Kinesis integration tests. They record what they saw keyed by stream name, so
-each test reads only its own calls. Subprocess tests set RECORDER_FILE to get the records as JSON
-lines ``[shardId, sequenceNumber, pid]``."""
+"""Handlers for the Kinesis integration tests. They run in execution environments (other
+processes), so they record what they saw in files (``recording``), keyed by stream name: each test
+reads only its own calls with :func:`calls`, :func:`most_in_flight` and :func:`powertools_seen`.
+``DELAY`` in the function's environment makes :func:`slow` take that many seconds a batch.
+Subprocess tests set RECORDER_FILE to get the records as JSON lines ``[shardId, sequenceNumber, pid]``."""
 
 from __future__ import annotations
 
@@ -8,21 +10,12 @@ import asyncio
 import base64
 import json
 import os
-import threading
 import time
-from collections import defaultdict
 from typing import Any
 
+import recording
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
-
-CALLS: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
-# Per-stream switches set by tests.
-DELAY: dict[str, float] = {}
-# Batches of one shard running at once, now and at most (parallelization_factor).
-IN_FLIGHT: dict[tuple[str, str], int] = defaultdict(int)
-MAX_IN_FLIGHT: dict[tuple[str, str], int] = defaultdict(int)
-_lock = threading.Lock()
 
 
 def stream_of(record: dict[str, Any]) -> str:
@@ -37,47 +30,52 @@ def data_of(record: dict[str, Any]) -> bytes:
     return base64.b64decode(record["kinesis"]["data"])
 
 
-def _remember(event: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    records: list[dict[str, Any]] = event["Records"]
-    stream = stream_of(records[0])
-    with _lock:
-        CALLS[stream].append(records)
-    return stream, records
+def calls(stream: str) -> list[list[dict[str, Any]]]:
+    """The records of every invocation, in order."""
+    return [call["records"] for call in recording.entries(stream)]
+
+
+def most_in_flight(stream: str, shard: str) -> int:
+    """The most batches of ``shard`` in the handler at once (parallelization_factor)."""
+    return recording.most_at_once(
+        tuple(call["span"]) for call in recording.entries(stream) if shard_of(call["records"][0]) == shard
+    )
+
+
+def _remember(records: list[dict[str, Any]], started: float) -> None:
+    recording.append(stream_of(records[0]), {"records": records, "span": [started, time.monotonic()]})
 
 
 def collect(event: dict[str, Any], context: Any) -> None:
     """Record the batch."""
-    _remember(event)
+    _remember(event["Records"], time.monotonic())
 
 
 async def slow(event: dict[str, Any], context: Any) -> None:
-    """Record the batch, take DELAY[stream] seconds without blocking the loop, and count how many
-    batches of the same shard run at once."""
-    stream, records = _remember(event)
-    key = (stream, shard_of(records[0]))
-    IN_FLIGHT[key] += 1
-    MAX_IN_FLIGHT[key] = max(MAX_IN_FLIGHT[key], IN_FLIGHT[key])
-    try:
-        await asyncio.sleep(DELAY.get(stream, 0.0))
-    finally:
-        IN_FLIGHT[key] -= 1
+    """Take DELAY seconds without blocking the loop, then record the batch and when it ran."""
+    started = time.monotonic()
+    await asyncio.sleep(float(os.environ.get("DELAY", "0")))
+    _remember(event["Records"], started)
 
 
 # --- AWS Lambda Powertools, used exactly as in a Lambda function -------------------------------
 
 processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
-POWERTOOLS_SEEN: dict[str, list[tuple[str, str, Any]]] = defaultdict(list)
-_powertools_failed: set[str] = set()
+
+
+def powertools_seen(stream: str) -> list[tuple[str, str, Any]]:
+    """(partition key, sequence number, JSON data) of every record the batch processor handed over."""
+    return [(key, sequence, data) for key, sequence, data in recording.entries("powertools:" + stream)]
 
 
 def _powertools_record(record: KinesisStreamRecord) -> None:
     payload = record.kinesis.data_as_json()
     stream = record.event_source_arn.rsplit("/", 1)[1]
-    POWERTOOLS_SEEN[stream].append((record.kinesis.partition_key, record.kinesis.sequence_number, payload))
+    sequence = record.kinesis.sequence_number
+    recording.append("powertools:" + stream, [record.kinesis.partition_key, sequence, payload])
     # A record marked "fail" fails the first time it is processed, then succeeds.
-    if payload.get("fail") and record.kinesis.sequence_number not in _powertools_failed:
-        _powertools_failed.add(record.kinesis.sequence_number)
-        raise ValueError(f"failing {record.kinesis.sequence_number} once")
+    if payload.get("fail") and recording.first_time(f"powertools:{stream}.failed", sequence):
+        raise ValueError(f"failing {sequence} once")
 
 
 def powertools(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -1,5 +1,8 @@
-"""Handlers for the integration tests. They record what they saw, keyed by topic, so each test
-reads only its own calls. Subprocess tests set RECORDER_FILE to get the calls as JSON lines."""
+"""Handlers for the Kafka integration tests. They run in execution environments (other processes),
+so they record what they saw in files (``recording``), keyed by topic: each test reads only its own
+calls with :func:`calls`. What a test wants of them it sets in the function's ``environment``:
+``SLOW_PARTITION`` (``"<partition>:<seconds>"``) and ``BATCH_DELAY`` (seconds). Subprocess tests also
+set RECORDER_FILE to get the records as JSON lines ``[partition, offset]``."""
 
 from __future__ import annotations
 
@@ -7,28 +10,25 @@ import asyncio
 import base64
 import json
 import os
-import threading
 import time
-from collections import defaultdict
 from typing import Any
 
+import recording
 from aws_lambda_powertools.utilities.data_classes import KafkaEvent
-
-CALLS: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
-_lock = threading.Lock()
-# Per-topic behaviour switches set by tests.
-SLOW_PARTITION: dict[str, tuple[int, float]] = {}
-BATCH_DELAY: dict[str, float] = {}
 
 
 def _records(event: dict[str, Any]) -> list[dict[str, Any]]:
     return [record for records in event["records"].values() for record in records]
 
 
+def calls(topic: str) -> list[list[dict[str, Any]]]:
+    """The records of every invocation that held records of ``topic``, in order."""
+    return list(recording.entries(topic))
+
+
 def _remember(event: dict[str, Any]) -> list[dict[str, Any]]:
     records = _records(event)
-    with _lock:
-        CALLS[records[0]["topic"]].append(records)
+    recording.append(records[0]["topic"], records)
     path = os.environ.get("RECORDER_FILE")
     if path:
         with open(path, "a") as file:
@@ -53,17 +53,17 @@ def always_fail(event: dict[str, Any], context: Any) -> None:
 
 
 def slow_partition(event: dict[str, Any], context: Any) -> None:
-    """A sync handler that sleeps (blocking its thread) on SLOW_PARTITION[topic]'s partition."""
+    """A sync handler that sleeps on the partition that SLOW_PARTITION names, for that long."""
     records = _remember(event)
-    partition, seconds = SLOW_PARTITION.get(records[0]["topic"], (-1, 0.0))
-    if records[0]["partition"] == partition:
-        time.sleep(seconds)
+    partition, _, seconds = os.environ.get("SLOW_PARTITION", "-1:0").partition(":")
+    if records[0]["partition"] == int(partition):
+        time.sleep(float(seconds))
 
 
 async def slow_every_batch(event: dict[str, Any], context: Any) -> None:
-    """Record the batch, then take BATCH_DELAY[topic] seconds (without blocking the loop)."""
-    records = _remember(event)
-    await asyncio.sleep(BATCH_DELAY.get(records[0]["topic"], 0.0))
+    """Record the batch, then take BATCH_DELAY seconds (without blocking the loop)."""
+    _remember(event)
+    await asyncio.sleep(float(os.environ.get("BATCH_DELAY", "0")))
 
 
 def powertools(event: dict[str, Any], context: Any) -> None:
@@ -82,5 +82,4 @@ def powertools(event: dict[str, Any], context: Any) -> None:
                 "timestamp_type": record.timestamp_type,
             }
         )
-    with _lock:
-        CALLS["powertools:" + seen[0]["topic"]].append(seen)
+    recording.append("powertools:" + seen[0]["topic"], seen)

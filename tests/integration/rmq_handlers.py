@@ -1,86 +1,95 @@
-"""Handlers for the RabbitMQ integration tests. They record what they saw keyed by queue (each test
-uses its own queues)."""
+"""Handlers for the RabbitMQ integration tests. They run in execution environments (other
+processes), so they record what they saw in files (``recording``), keyed by queue
+(``"<queue>::<vhost>"``; each test uses its own queues): read with :func:`calls`,
+:func:`most_running`, :func:`failed_at` and :func:`powertools_seen`. What a test wants of them it
+sets in the function's ``environment``: ``BATCH_DELAY`` (seconds a batch), ``FAIL_IDS`` (message ids
+that always fail, comma-separated) and ``FAIL_ONCE`` (JSON list of bodies reported failed the first
+time each is seen)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import threading
+import json
+import os
 import time
-from collections import defaultdict
 from typing import Any
 
+import recording
 from aws_lambda_powertools.utilities.data_classes.rabbit_mq_event import RabbitMQEvent
-
-# queue key ("<queue>::<vhost>") -> the messages of each invocation that held messages of it
-CALLS: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
-# queue key -> [invocations running now, most at once]
-CONCURRENCY: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-BATCH_DELAY: dict[str, float] = {}
-FAIL_IDS: set[str] = set()  # stubborn: messages that always fail
-FAILED_AT: dict[str, list[float]] = defaultdict(list)  # stubborn: when each of them failed (monotonic)
-FAIL_ONCE: set[bytes] = set()  # partial_once: bodies reported as failed the first time seen
-POWERTOOLS: dict[str, list[dict[str, Any]]] = defaultdict(list)
-_lock = threading.Lock()
 
 
 def body(message: dict[str, Any]) -> bytes:
     return base64.b64decode(message["data"])
 
 
-def _remember(event: dict[str, Any]) -> list[dict[str, Any]]:
+def calls(key: str) -> list[list[dict[str, Any]]]:
+    """The messages of ``key`` of each invocation that held messages of it, in order."""
+    return [call["messages"] for call in recording.entries(key)]
+
+
+def most_running(key: str) -> int:
+    """The most invocations holding messages of ``key`` in the handler at once."""
+    return recording.most_at_once(tuple(call["span"]) for call in recording.entries(key))
+
+
+def failed_at(message_id: str) -> list[float]:
+    """When (``time.monotonic()``) each invocation that :func:`stubborn` failed for it began."""
+    return [float(when) for when in recording.entries(f"failed-at:{message_id}")]
+
+
+def _remember(event: dict[str, Any], started: float) -> list[dict[str, Any]]:
     messages = []
-    with _lock:
-        for key, batch in event["rmqMessagesByQueue"].items():
-            CALLS[key].append(batch)
-            messages += batch
+    for key, batch in event["rmqMessagesByQueue"].items():
+        recording.append(key, {"messages": batch, "span": [started, time.monotonic()]})
+        messages += batch
     return messages
 
 
 async def collect(event: dict[str, Any], context: Any) -> None:
-    """Record the batch; take BATCH_DELAY[key] seconds, counting how many run at once."""
-    _remember(event)
-    keys = list(event["rmqMessagesByQueue"])
-    for key in keys:
-        running = CONCURRENCY[key]
-        running[0] += 1
-        running[1] = max(running[1], running[0])
-    try:
-        await asyncio.sleep(max(BATCH_DELAY.get(key, 0.0) for key in keys))
-    finally:
-        for key in keys:
-            CONCURRENCY[key][0] -= 1
+    """Take BATCH_DELAY seconds, then record the batch and when it ran."""
+    started = time.monotonic()
+    await asyncio.sleep(float(os.environ.get("BATCH_DELAY", "0")))
+    _remember(event, started)
 
 
 def poison(event: dict[str, Any], context: Any) -> None:
     """Fail the batch if a message body contains b"poison"."""
-    for message in _remember(event):
+    for message in _remember(event, time.monotonic()):
         if b"poison" in body(message):
             raise ValueError(f"poison message {message['basicProperties']['messageId']}")
 
 
 def stubborn(event: dict[str, Any], context: Any) -> None:
     """Fail the batch if it holds a message whose id is in FAIL_IDS."""
+    started = time.monotonic()
+    fail_ids = set(os.environ.get("FAIL_IDS", "").split(","))
     failing = [
         m["basicProperties"]["messageId"]
-        for m in _remember(event)
-        if m["basicProperties"]["messageId"] in FAIL_IDS
+        for m in _remember(event, started)
+        if m["basicProperties"]["messageId"] in fail_ids
     ]
     for message_id in failing:
-        FAILED_AT[message_id].append(time.monotonic())
+        recording.append(f"failed-at:{message_id}", started)
     if failing:
         raise RuntimeError(f"cannot handle {failing[0]} yet")
 
 
 def partial_once(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Report the messages whose body is in FAIL_ONCE as failed, the first time each is seen."""
-    failures = []
-    for message in _remember(event):
-        with _lock:
-            if body(message) in FAIL_ONCE:
-                FAIL_ONCE.discard(body(message))
-                failures.append({"itemIdentifier": message["basicProperties"]["messageId"]})
+    fail_once = set(json.loads(os.environ.get("FAIL_ONCE", "[]")))
+    failures = [
+        {"itemIdentifier": message["basicProperties"]["messageId"]}
+        for message in _remember(event, time.monotonic())
+        if body(message).decode() in fail_once
+        and recording.first_time("partial-once", body(message).decode())
+    ]
     return {"batchItemFailures": failures}
+
+
+def powertools_seen(key: str) -> list[dict[str, Any]]:
+    """What :func:`powertools` read of each message of ``key``."""
+    return list(recording.entries("powertools:" + key))
 
 
 def powertools(event: dict[str, Any], context: Any) -> None:
@@ -89,7 +98,8 @@ def powertools(event: dict[str, Any], context: Any) -> None:
     for key, messages in parsed.rmq_messages_by_queue.items():
         for message in messages:
             properties = message.basic_properties
-            POWERTOOLS[key].append(
+            recording.append(
+                "powertools:" + key,
                 {
                     "event_source": parsed.event_source,
                     "event_source_arn": parsed.event_source_arn,
@@ -111,5 +121,5 @@ def powertools(event: dict[str, Any], context: Any) -> None:
                     "redelivered": message.redelivered,
                     "decoded_data": message.decoded_data,
                     "json_data": message.json_data,
-                }
+                },
             )

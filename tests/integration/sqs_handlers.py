@@ -1,82 +1,83 @@
-"""Handlers for the SQS integration tests. They record what they saw keyed by queue name (taken from
-``eventSourceARN``), so each test reads only its own calls."""
+"""Handlers for the SQS integration tests. They run in execution environments (other processes),
+so they record what they saw in files (``recording``), keyed by queue name (taken from
+``eventSourceARN``): each test reads only its own calls with :func:`calls`, :func:`succeeded` and
+:func:`most_running`. What a test wants of them it sets in the function's ``environment``: ``DELAY``
+(seconds a batch) and ``FAIL_BELOW_RECEIVE`` (JSON: body -> fail while ApproximateReceiveCount is
+below this)."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import json
+import os
 import time
-from collections import defaultdict
 from typing import Any
 
+import recording
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-
-_lock = threading.Lock()
-# Per queue: every invocation's records, in order.
-CALLS: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
-# Per queue: the records of invocations that succeeded, in order.
-SUCCEEDED: dict[str, list[dict[str, Any]]] = defaultdict(list)
-# Per queue: invocations running now, and the most seen at once.
-RUNNING: dict[str, int] = defaultdict(int)
-MOST_RUNNING: dict[str, int] = defaultdict(int)
-# Behaviour switches set by tests, per queue.
-DELAY: dict[str, float] = {}
-FAIL_BELOW_RECEIVE: dict[str, dict[str, int]] = {}  # body -> fail while ApproximateReceiveCount < this
 
 
 def queue_of(event: dict[str, Any]) -> str:
     return str(event["Records"][0]["eventSourceARN"]).rsplit(":", 1)[-1]
 
 
-def _remember(event: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    queue, records = queue_of(event), event["Records"]
-    with _lock:
-        CALLS[queue].append(records)
-    return queue, records
+def calls(queue: str) -> list[list[dict[str, Any]]]:
+    """Every invocation's records, in order."""
+    return [call["records"] for call in recording.entries(queue)]
 
 
-def _succeeded(queue: str, records: list[dict[str, Any]]) -> None:
-    with _lock:
-        SUCCEEDED[queue].extend(records)
+def succeeded(queue: str) -> list[dict[str, Any]]:
+    """The records of invocations that succeeded, in order."""
+    return [record for call in recording.entries(queue) if call["succeeded"] for record in call["records"]]
+
+
+def most_running(queue: str) -> int:
+    """The most invocations in the handler at once."""
+    return recording.most_at_once(tuple(call["span"]) for call in recording.entries(queue))
+
+
+def _record(event: dict[str, Any], started: float, *, ok: bool) -> None:
+    recording.append(
+        queue_of(event), {"records": event["Records"], "succeeded": ok, "span": [started, time.monotonic()]}
+    )
+
+
+def _delay() -> float:
+    return float(os.environ.get("DELAY", "0"))
 
 
 async def collect(event: dict[str, Any], context: Any) -> None:
-    """Record the batch, take DELAY[queue] seconds, fail if a body contains "poison"."""
-    queue, records = _remember(event)
-    RUNNING[queue] += 1
-    MOST_RUNNING[queue] = max(MOST_RUNNING[queue], RUNNING[queue])
-    try:
-        await asyncio.sleep(DELAY.get(queue, 0.0))
-    finally:
-        RUNNING[queue] -= 1
-    for record in records:
-        if "poison" in record["body"]:
-            raise ValueError(f"poison message {record['messageId']}")
-    _succeeded(queue, records)
+    """Take DELAY seconds, record the batch, fail if a body contains "poison"."""
+    started = time.monotonic()
+    await asyncio.sleep(_delay())
+    poisoned = [record for record in event["Records"] if "poison" in record["body"]]
+    _record(event, started, ok=not poisoned)
+    if poisoned:
+        raise ValueError(f"poison message {poisoned[0]['messageId']}")
 
 
 def always_fail(event: dict[str, Any], context: Any) -> None:
-    _remember(event)
+    _record(event, time.monotonic(), ok=False)
     raise RuntimeError("always failing")
 
 
 def slow(event: dict[str, Any], context: Any) -> None:
-    """A sync handler that blocks its thread for DELAY[queue] seconds."""
-    queue, records = _remember(event)
-    time.sleep(DELAY.get(queue, 0.0))
-    _succeeded(queue, records)
+    """A sync handler that blocks for DELAY seconds."""
+    started = time.monotonic()
+    time.sleep(_delay())
+    _record(event, started, ok=True)
 
 
 def in_order(event: dict[str, Any], context: Any) -> None:
-    """Process records in order; a body in FAIL_BELOW_RECEIVE[queue] fails the batch until SQS has
+    """Process records in order; a body in FAIL_BELOW_RECEIVE fails the batch until SQS has
     delivered it that many times."""
-    queue, records = _remember(event)
-    for record in records:
-        below = FAIL_BELOW_RECEIVE.get(queue, {}).get(record["body"], 0)
-        if int(record["attributes"]["ApproximateReceiveCount"]) < below:
+    fail_below = json.loads(os.environ.get("FAIL_BELOW_RECEIVE", "{}"))
+    for record in event["Records"]:
+        if int(record["attributes"]["ApproximateReceiveCount"]) < fail_below.get(record["body"], 0):
+            _record(event, time.monotonic(), ok=False)
             raise RuntimeError(f"{record['body']} failed")
-    _succeeded(queue, records)
+    _record(event, time.monotonic(), ok=True)
 
 
 def _powertools_record(record: SQSRecord) -> None:
@@ -89,8 +90,7 @@ def _powertools_record(record: SQSRecord) -> None:
         "tenant": tenant.string_value if tenant else None,
         "region": record.aws_region,
     }
-    with _lock:
-        CALLS["powertools:" + queue].append([seen])
+    recording.append("powertools:" + queue, [seen])
     if record.json_body.get("fail") and record.attributes.approximate_receive_count == "1":
         raise ValueError(f"order {record.json_body['order']} failed")
 

@@ -31,7 +31,7 @@ from poller.engine.filters import FILTER_FIELDS
 
 
 def calls(broker: BrokerHarness) -> list[list[Seen]]:
-    return handlers.CALLS[broker.resource]
+    return handlers.calls(broker.resource)
 
 
 def handled(broker: BrokerHarness) -> list[Seen]:
@@ -39,7 +39,7 @@ def handled(broker: BrokerHarness) -> list[Seen]:
 
 
 def succeeded(broker: BrokerHarness) -> list[str]:
-    return [record.body for record in handlers.SUCCEEDED[broker.resource]]
+    return [record.body for record in handlers.succeeded(broker.resource)]
 
 
 async def unsettled_is(broker: BrokerHarness, count: int) -> bool:
@@ -113,7 +113,7 @@ async def test_every_record_is_handled_once_in_order_and_committed(broker: Broke
         for lane in lanes:
             order = [record.position for record in seen if record.lane == lane]
             assert order == [record.position for record in sent if record.lane == lane], f"{lane} in order"
-            assert handlers.MOST_IN_FLIGHT[broker.resource, lane] == 1, f"one batch of {lane} at a time"
+            assert handlers.most_in_flight(broker.resource, lane) == 1, f"one batch of {lane} at a time"
 
 
 RETRIES = 2

@@ -62,7 +62,7 @@ def make_config(
 
 
 def handled(topic: str) -> list[tuple[int, int]]:
-    return [(r["partition"], r["offset"]) for call in recorder.CALLS[topic] for r in call]
+    return [(r["partition"], r["offset"]) for call in recorder.calls(topic) for r in call]
 
 
 def group_of(config: Config) -> str:
@@ -97,7 +97,7 @@ async def test_record_age_ends_retries_with_record_age_exceeded(kafka_bootstrap:
         await wait_for(lambda: _committed_is(kafka_bootstrap, config, topic, {0: 1}))
     [failure] = [json.loads(line) for line in dead_letters.read_text().splitlines()]
     assert failure["requestContext"]["condition"] == "RecordAgeExceeded"
-    attempts = len(recorder.CALLS[topic])
+    attempts = len(recorder.calls(topic))
     assert failure["requestContext"]["approximateInvokeCount"] == attempts
     # Backoff 1, 2, 4, ... 32 s: the record passed 60 s of age after about six retries.
     assert 5 <= attempts <= 8
@@ -108,8 +108,12 @@ async def test_sync_sleeping_handler_does_not_stall_other_partitions(kafka_boots
     topic = unique_name("slow")
     await create_topic(kafka_bootstrap, topic, 4)
     await produce(kafka_bootstrap, topic, [(i % 4, None, f"v{i}", None) for i in range(400)])
-    recorder.SLOW_PARTITION[topic] = (0, 4.0)
-    config = make_config(kafka_bootstrap, topic, "recorder:slow_partition", function={"timeout": 10})
+    config = make_config(
+        kafka_bootstrap,
+        topic,
+        "recorder:slow_partition",
+        function={"timeout": 10, "environment": {"SLOW_PARTITION": "0:4.0"}},
+    )
     async with running(config):
         started = time.monotonic()
         await wait_for(
@@ -118,7 +122,7 @@ async def test_sync_sleeping_handler_does_not_stall_other_partitions(kafka_boots
             message="partitions 1-3 handled",
         )
         elapsed = time.monotonic() - started
-        # Partition 0's handler blocks its thread for 4 s a batch; the others finished meanwhile.
+        # Partition 0's handler blocks its environment for 4 s a batch; the others finished meanwhile.
         assert sum(1 for p, _ in handled(topic) if p == 0) <= 100
         assert elapsed < 4.0
         await wait_for(lambda: len(handled(topic)) == 400, timeout=60)
@@ -128,13 +132,12 @@ async def test_handler_past_its_timeout_is_a_failed_invocation(kafka_bootstrap: 
     topic = unique_name("timeout")
     await create_topic(kafka_bootstrap, topic, 1)
     await produce(kafka_bootstrap, topic, [(0, None, "slow", None)])
-    recorder.SLOW_PARTITION[topic] = (0, 3.0)
     dead_letters = tmp_path / "failed.jsonl"
     config = make_config(
         kafka_bootstrap,
         topic,
         "recorder:slow_partition",
-        function={"timeout": 1},
+        function={"timeout": 1, "environment": {"SLOW_PARTITION": "0:3.0"}},
         destination={"type": "file", "path": str(dead_letters)},
         maximum_retry_attempts=0,
     )
@@ -154,7 +157,7 @@ async def test_values_that_are_not_utf8_or_json_are_passed_as_is(kafka_bootstrap
     async with running(config) as app:
         await wait_for(lambda: len(handled(topic)) == 4, timeout=30)
         assert app.runners["m"].status.counts.failed == 0
-    records = [r for call in recorder.CALLS[topic] for r in call]
+    records = [r for call in recorder.calls(topic) for r in call]
     assert [base64.b64decode(r["value"]) for r in records] == values
     assert all("key" not in r for r in records), "a null key is left out, as AWS does"
 
@@ -165,9 +168,9 @@ async def test_powertools_kafka_event_reads_our_event(kafka_bootstrap: str) -> N
     await produce(kafka_bootstrap, topic, [(0, "order-1", '{"amount": 10}', [("tenant", b"acme")])])
     config = make_config(kafka_bootstrap, topic, "recorder:powertools")
     async with running(config) as app:
-        await wait_for(lambda: recorder.CALLS["powertools:" + topic], timeout=30)
+        await wait_for(lambda: recorder.calls("powertools:" + topic), timeout=30)
         assert app.runners["m"].status.counts.failed == 0
-    [[seen]] = recorder.CALLS["powertools:" + topic]
+    [[seen]] = recorder.calls("powertools:" + topic)
     assert seen == {
         "topic": topic,
         "partition": 0,
@@ -183,11 +186,11 @@ async def test_rebalance_hands_partitions_over_without_loss(kafka_bootstrap: str
     topic = unique_name("rebalance")
     await create_topic(kafka_bootstrap, topic, 4)
     await produce(kafka_bootstrap, topic, [(i % 4, None, f"v{i}", None) for i in range(2000)])
-    recorder.BATCH_DELAY[topic] = 0.2
     config = make_config(
         kafka_bootstrap,
         topic,
         "recorder:slow_every_batch",
+        function={"environment": {"BATCH_DELAY": "0.2"}},
         batch_size=20,
         maximum_batching_window_in_seconds=0,
     )

@@ -45,7 +45,7 @@ async def _delete_streams() -> AsyncIterator[None]:
 
 
 def handled(stream: str) -> list[dict[str, Any]]:
-    return [record for call in recorder.CALLS[stream] for record in call]
+    return [record for call in recorder.calls(stream) for record in call]
 
 
 def sequences(records: list[dict[str, Any]]) -> list[int]:
@@ -77,17 +77,19 @@ async def test_parallelization_factor_runs_batches_of_a_shard_at_once_in_order_p
     written = await put(
         kinesis_endpoint, stream, [(key, json.dumps({"i": i}).encode()) for i, key in enumerate(keys)]
     )
-    recorder.DELAY[stream] = 0.005
     config = make_config(
         aws_connection(kinesis_endpoint),
         stream,
         "kinesis_recorder:slow",
+        function={"environment": {"DELAY": "0.005"}},
         checkpoints=sqlite_store(tmp_path),
         parallelization_factor=4,
     )
     started = time.monotonic()
     async with running(config) as app:
-        await wait_for(lambda: len(handled(stream)) >= 10_000, timeout=60, message="10,000 records handled")
+        await wait_for(
+            lambda: len(handled(stream)) >= 10_000, timeout=60, interval=0.2, message="10,000 records handled"
+        )
         elapsed = time.monotonic() - started
         last = {shard: sequence for shard, sequence in written}  # the last write per shard wins
         await wait_for(
@@ -110,9 +112,9 @@ async def test_parallelization_factor_runs_batches_of_a_shard_at_once_in_order_p
     for key in set(keys):
         per_key = sequences([r for r in seen if r["kinesis"]["partitionKey"] == key])
         assert per_key == sorted(per_key), f"{key} in order"
-    assert max(len(call) for call in recorder.CALLS[stream]) <= 100  # batch_size default
-    assert all(len({recorder.shard_of(r) for r in call}) == 1 for call in recorder.CALLS[stream])
-    concurrency = max(recorder.MAX_IN_FLIGHT[(stream, shard)] for shard in by_shard)
+    assert max(len(call) for call in recorder.calls(stream)) <= 100  # batch_size default
+    assert all(len({recorder.shard_of(r) for r in call}) == 1 for call in recorder.calls(stream))
+    concurrency = max(recorder.most_in_flight(stream, shard) for shard in by_shard)
     assert 1 < concurrency <= 4, "several batches of a shard at once, at most the factor"
 
 
@@ -123,11 +125,11 @@ async def test_shard_split_during_consumption_reads_the_parent_before_its_childr
     await create_stream(kinesis_endpoint, stream, 1)
     keys = [f"p{i % 20}" for i in range(600)]
     before = await put(kinesis_endpoint, stream, [(keys[i], str(i).encode()) for i in range(300)])
-    recorder.DELAY[stream] = 0.02
     config = make_config(
         aws_connection(kinesis_endpoint),
         stream,
         "kinesis_recorder:slow",
+        function={"environment": {"DELAY": "0.02"}},
         checkpoints=sqlite_store(tmp_path),
         batch_size=10,
     )
@@ -199,10 +201,10 @@ async def test_restart_with_the_default_sqlite_store_resumes_after_the_checkpoin
     leases = sqlite_leases(default_file, "m", stream)
     assert all(lease["owner"] is None for lease in leases.values()), "leases released on shutdown"
     second = await put(kinesis_endpoint, stream, [(f"k{i}", f"second-{i}".encode()) for i in range(100)])
-    calls_before = len(recorder.CALLS[stream])
+    calls_before = len(recorder.calls(stream))
     async with running(config):
         await wait_for(lambda: len(handled(stream)) >= 300, timeout=30)
-    resumed = [r for call in recorder.CALLS[stream][calls_before:] for r in call]
+    resumed = [r for call in recorder.calls(stream)[calls_before:] for r in call]
     assert sorted(r["kinesis"]["sequenceNumber"] for r in resumed) == sorted(s for _, s in second)
     assert all(recorder.data_of(r).startswith(b"second-") for r in resumed), "not from the start"
 
@@ -226,7 +228,7 @@ async def test_powertools_batch_processor_works_unchanged(kinesis_endpoint: str,
     async with running(config, FakeClock()) as app:
         await wait_for(lambda: checkpoints(tmp_path, stream) == {shard: last}, timeout=30)
         stats = app.runners["m"].status.counts
-    seen = recorder.POWERTOOLS_SEEN[stream]
+    seen = recorder.powertools_seen(stream)
     # The first invocation saw all ten, decoded by Powertools' data classes; record 4 failed, so
     # the batch was retried from it (records 4..9), as AWS does for streams.
     assert seen[:10] == [(f"user-{i}", written[i][1], {"click": i, "fail": i == 4}) for i in range(10)]
@@ -241,11 +243,11 @@ async def test_two_replicas_in_one_process_split_the_shards_and_hand_them_over(
     stream, table = unique_name("shared"), unique_name("leases")
     await create_stream(kinesis_endpoint, stream, 4)
     written = await put(kinesis_endpoint, stream, [(f"k{i}", str(i).encode()) for i in range(3000)])
-    recorder.DELAY[stream] = 0.1
     config = make_config(
         aws_connection(kinesis_endpoint, moto_endpoint),
         stream,
         "kinesis_recorder:slow",
+        function={"environment": {"DELAY": "0.1"}},
         checkpoints={"type": "dynamodb", "connection": "aws", "table": table, "lease_duration_seconds": 3},
         batch_size=10,
     )

@@ -35,7 +35,7 @@ from rabbitmq_support import (
     take,
     unacked,
 )
-from rmq_handlers import CALLS, body
+from rmq_handlers import body, calls
 from support import FakeClock, mapping_config, running, unique_name, wait_for
 
 from poller.app import App
@@ -81,7 +81,7 @@ def key(queue: str) -> str:
 
 
 def bodies(queue: str) -> list[bytes]:
-    return [body(message) for call in CALLS[key(queue)] for message in call]
+    return [body(message) for call in calls(key(queue)) for message in call]
 
 
 @pytest.fixture
@@ -107,11 +107,11 @@ async def test_ten_thousand_messages_handled_in_concurrent_batches_and_acked(
     await publish(
         amqp_url, queue, (aio_pika.Message(data, message_id=f"m-{i}") for i, data in enumerate(expected))
     )
-    rmq_handlers.BATCH_DELAY[key(queue)] = 0.02
     config = make_config(
         amqp_url,
         [queue],
         "rmq_handlers:collect",
+        function={"environment": {"BATCH_DELAY": "0.02"}},
         scaling_config={"maximum_concurrency": 4},
         maximum_batching_window_in_seconds=0.2,
     )
@@ -124,10 +124,10 @@ async def test_ten_thousand_messages_handled_in_concurrent_batches_and_acked(
     # The connection is closed now, so anything left unacked would be back in the queue.
     assert await depth(amqp_url, queue) == 0
     assert sorted(bodies(queue)) == sorted(expected), "each message exactly once on the happy path"
-    sizes = [len(call) for call in CALLS[key(queue)]]
+    sizes = [len(call) for call in calls(key(queue))]
     assert max(sizes) <= 100  # batch_size default
     assert sum(size == 100 for size in sizes) >= 90, "batches fill up under a backlog"
-    assert 2 <= rmq_handlers.CONCURRENCY[key(queue)][1] <= 4, "several batches at once, at most 4"
+    assert 2 <= rmq_handlers.most_running(key(queue)) <= 4, "several batches at once, at most 4"
 
 
 async def test_filled_in_message_ids_survive_a_partial_batch_retry_on_classic_and_quorum_queues(
@@ -144,11 +144,11 @@ async def test_filled_in_message_ids_survive_a_partial_batch_retry_on_classic_an
             [(f"{queue}/{i}".encode(), Basic.Properties(content_type="text/plain")) for i in range(10)],
         )
     failing = {f"{classic}/3".encode(), f"{quorum}/7".encode()}
-    rmq_handlers.FAIL_ONCE.update(failing)
     config = make_config(
         amqp_url,
         [classic, quorum],
         "rmq_handlers:partial_once",
+        function={"environment": {"FAIL_ONCE": json.dumps(sorted(b.decode() for b in failing))}},
         function_response_types=["ReportBatchItemFailures"],
         maximum_batching_window_in_seconds=0.5,
     )
@@ -165,7 +165,7 @@ async def test_filled_in_message_ids_survive_a_partial_batch_retry_on_classic_an
     everything = {f"{q}/{i}".encode() for q in (classic, quorum) for i in range(10)}
     seen: dict[bytes, list[dict[str, Any]]] = {}
     for queue in (classic, quorum):
-        for call in CALLS[key(queue)]:
+        for call in calls(key(queue)):
             for message in call:
                 seen.setdefault(body(message), []).append(message)
     assert set(seen) == everything
@@ -218,7 +218,6 @@ async def test_retry_outlasts_the_consumer_timeout_without_holding_the_delivery_
 ) -> None:
     queue, dlq, control = await new_queue("slow"), await new_queue("slow-dlq"), await new_queue("control")
     stubborn = unique_name("stubborn")
-    rmq_handlers.FAIL_IDS.add(stubborn)
     await publish(amqp_url, queue, [aio_pika.Message(b"stubborn", message_id=stubborn)])
     await publish(amqp_url, control, [aio_pika.Message(b"held")])
     config = make_config(
@@ -226,13 +225,14 @@ async def test_retry_outlasts_the_consumer_timeout_without_holding_the_delivery_
         [queue],
         "rmq_handlers:stubborn",
         dlq=dlq,
+        function={"environment": {"FAIL_IDS": stubborn}},
         maximum_retry_attempts=4,
         batch_size=10,
         maximum_batching_window_in_seconds=0.1,
     )
 
     def count_attempts() -> int:
-        return len(rmq_handlers.FAILED_AT[stubborn])
+        return len(rmq_handlers.failed_at(stubborn))
 
     async with channel_of(amqp_url) as holder:
         # The lowered timeout is in force: a consumer that holds a delivery loses its channel.
@@ -270,7 +270,7 @@ async def test_retry_outlasts_the_consumer_timeout_without_holding_the_delivery_
 
     assert 2 <= before_restart < 5
     assert count_attempts() == 5, "one attempt and maximum_retry_attempts=4 retries, across the restart"
-    gaps = [b - a for a, b in itertools.pairwise(rmq_handlers.FAILED_AT[stubborn])]
+    gaps = [b - a for a, b in itertools.pairwise(rmq_handlers.failed_at(stubborn))]
     assert max(gaps) > short_consumer_timeout + 1, "a retry waited longer than the consumer timeout"
     [dead] = await take(amqp_url, dlq)
     failure = json.loads(dead.body)
@@ -285,7 +285,6 @@ async def test_record_age_counts_from_the_first_delivery_and_ends_retries(
 ) -> None:
     queue, dlq = await new_queue("aging"), await new_queue("aging-dlq")
     stubborn = unique_name("old")
-    rmq_handlers.FAIL_IDS.add(stubborn)
     await publish(amqp_url, queue, [aio_pika.Message(b"old", message_id=stubborn)])
     clock = FakeClock()
     config = make_config(
@@ -293,11 +292,12 @@ async def test_record_age_counts_from_the_first_delivery_and_ends_retries(
         [queue],
         "rmq_handlers:stubborn",
         dlq=dlq,
+        function={"environment": {"FAIL_IDS": stubborn}},
         maximum_record_age_in_seconds=60,  # and no limit on retries
         maximum_batching_window_in_seconds=0.1,
     )
     async with running(config, clock):
-        await wait_for(lambda: len(rmq_handlers.FAILED_AT[stubborn]) >= 2, timeout=30, message="two attempts")
+        await wait_for(lambda: len(rmq_handlers.failed_at(stubborn)) >= 2, timeout=30, message="two attempts")
         # 58 s pass for the engine. Counted from the first delivery the message is then older than
         # 60 s within a few retries; counted from each redelivery it would never be.
         clock.slept += 58
@@ -320,11 +320,11 @@ async def test_broker_restart_mid_stream_reconnects_and_loses_nothing(
         queue,
         (aio_pika.Message(b, delivery_mode=aio_pika.DeliveryMode.PERSISTENT) for b in expected),
     )
-    rmq_handlers.BATCH_DELAY[key(queue)] = 0.05
     config = make_config(
         amqp_url,
         [queue],
         "rmq_handlers:collect",
+        function={"environment": {"BATCH_DELAY": "0.05"}},
         batch_size=50,
         scaling_config={"maximum_concurrency": 2},
         maximum_batching_window_in_seconds=0.1,
@@ -373,9 +373,15 @@ async def test_a_delay_queue_that_refuses_copies_returns_the_message_without_a_h
 ) -> None:
     queue, dlq = await new_queue("refused"), await new_queue("refused-dlq")
     stubborn = unique_name("refused")
-    rmq_handlers.FAIL_IDS.add(stubborn)
     await publish(amqp_url, queue, [aio_pika.Message(b"refused", message_id=stubborn)])
-    config = make_config(amqp_url, [queue], "rmq_handlers:stubborn", dlq=dlq, maximum_retry_attempts=1)
+    config = make_config(
+        amqp_url,
+        [queue],
+        "rmq_handlers:stubborn",
+        dlq=dlq,
+        function={"environment": {"FAIL_IDS": stubborn}},
+        maximum_retry_attempts=1,
+    )
     policy = unique_name("refuse")
     pattern = "^" + re.escape(f"poller.retry.m.{queue}.")
     # The broker nacks every copy published to the delay queues while this policy holds.
@@ -389,8 +395,8 @@ async def test_a_delay_queue_that_refuses_copies_returns_the_message_without_a_h
     )
     try:
         async with running(config) as app:
-            await wait_for(lambda: len(rmq_handlers.FAILED_AT[stubborn]) >= 3, timeout=30, message="returned")
-            refused = rmq_handlers.FAILED_AT[stubborn]
+            await wait_for(lambda: len(rmq_handlers.failed_at(stubborn)) >= 3, timeout=30, message="returned")
+            refused = rmq_handlers.failed_at(stubborn)
             # Each return waited for the retry's delay (at least 0.5 s): no hot loop.
             assert all(b - a >= 0.45 for a, b in itertools.pairwise(refused))
             rabbitmqctl("clear_policy", policy)
@@ -426,8 +432,8 @@ async def test_powertools_rabbitmq_event_reads_our_event(amqp_url: str, new_queu
     )
     config = make_config(amqp_url, [queue], "rmq_handlers:powertools", maximum_batching_window_in_seconds=0.2)
     async with running(config):
-        await wait_for(lambda: len(rmq_handlers.POWERTOOLS[key(queue)]) == 2, timeout=30)
-    first, second = rmq_handlers.POWERTOOLS[key(queue)]
+        await wait_for(lambda: len(rmq_handlers.powertools_seen(key(queue))) == 2, timeout=30)
+    first, second = rmq_handlers.powertools_seen(key(queue))
     assert first["event_source"] == "aws:rmq"
     assert first["event_source_arn"].startswith("arn:aws:mq:")
     assert first["json_data"] == {"order": 0}

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import recording
 import sqs_handlers
 from harness import counters
 from sqs_support import ATTRIBUTES, EVENT_ATTRIBUTES, REGION, aws, create_queue, receive_all, send
@@ -104,16 +105,19 @@ async def running(
 
 
 def bodies_succeeded(queue: str) -> list[str]:
-    return [record["body"] for record in sqs_handlers.SUCCEEDED[queue]]
+    return [record["body"] for record in sqs_handlers.succeeded(queue)]
 
 
 async def test_two_thousand_messages_in_waves_with_five_concurrent_batches(
     sqs: Any, moto_endpoint: str
 ) -> None:
     url, name = await create_queue(sqs, "waves")
-    sqs_handlers.DELAY[name] = 0.05  # a little work per batch, so that batches overlap
     config = make_config(
-        moto_endpoint, url, "sqs_handlers:collect", scaling_config={"maximum_concurrency": 5}
+        moto_endpoint,
+        url,
+        "sqs_handlers:collect",
+        function={"environment": {"DELAY": "0.05"}},  # a little work per batch, so that batches overlap
+        scaling_config={"maximum_concurrency": 5},
     )
     everything = [f"m{i}" for i in range(2000)]
     started = time.monotonic()
@@ -143,12 +147,13 @@ async def test_two_thousand_messages_in_waves_with_five_concurrent_batches(
     duplicates = len(handled) - 2000
     # moto may hand one message to two concurrent receives; anything more would be ours.
     assert duplicates <= 40, f"{duplicates} duplicate deliveries"
-    assert 2 <= sqs_handlers.MOST_RUNNING[name] <= 5, "more than one batch at a time, at most five"
+    most_running = sqs_handlers.most_running(name)
+    assert 2 <= most_running <= 5, "more than one batch at a time, at most five"
     assert 2 <= most_receivers <= 5
-    assert max(len(call) for call in sqs_handlers.CALLS[name]) <= 10
+    assert max(len(call) for call in sqs_handlers.calls(name)) <= 10
     print(
         f"\n2000 messages in {elapsed:.1f} s; {duplicates} duplicates; "
-        f"{sqs_handlers.MOST_RUNNING[name]} batches at once; {most_receivers} receivers at most"
+        f"{most_running} batches at once; {most_receivers} receivers at most"
     )
 
 
@@ -250,16 +255,16 @@ async def test_maximum_retry_attempts_hold_across_a_restart(
         maximum_retry_attempts=2,
     )
     async with running(config):
-        await wait_for(lambda: len(sqs_handlers.CALLS[name]) == 2, timeout=30, message="two attempts")
+        await wait_for(lambda: len(sqs_handlers.calls(name)) == 2, timeout=30, message="two attempts")
     # The second attempt's message waits in SQS for its backoff; a new process takes over from there.
-    assert len(sqs_handlers.CALLS[name]) == 2
+    assert len(sqs_handlers.calls(name)) == 2
     assert not dead_letters.exists()
     async with running(config):
         await wait_for(dead_letters.exists, timeout=30, message="dead-lettered by the second process")
         await wait_for(
             lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="deleted after the destination"
         )
-    counts = [int(call[0]["attributes"]["ApproximateReceiveCount"]) for call in sqs_handlers.CALLS[name]]
+    counts = [int(call[0]["attributes"]["ApproximateReceiveCount"]) for call in sqs_handlers.calls(name)]
     # One first attempt and two retries, counted by SQS. The third delivery may count one more:
     # the first app's last long poll can receive the message while it closes, and hand it back.
     assert counts[:2] == [1, 2]
@@ -275,14 +280,18 @@ async def test_handler_slower_than_the_visibility_timeout_gets_the_message_once(
     sqs: Any, moto_endpoint: str
 ) -> None:
     url, name = await create_queue(sqs, "slow", VisibilityTimeout="2")
-    sqs_handlers.DELAY[name] = 6.0  # three visibility timeouts
     await send(sqs, url, ["slow"])
-    config = make_config(moto_endpoint, url, "sqs_handlers:slow", function={"timeout": 10})
+    config = make_config(
+        moto_endpoint,
+        url,
+        "sqs_handlers:slow",
+        function={"timeout": 10, "environment": {"DELAY": "6.0"}},  # three visibility timeouts
+    )
     async with running(config) as app:
         await wait_for(lambda: bodies_succeeded(name), timeout=30, message="handled")
         await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=10, message="deleted")
         assert app.runners["m"].status.counts.invocations == 1
-    [[record]] = sqs_handlers.CALLS[name]
+    [[record]] = sqs_handlers.calls(name)
     assert record["attributes"]["ApproximateReceiveCount"] == "1"
 
 
@@ -292,12 +301,12 @@ async def test_fifo_groups_keep_their_order_under_failures_and_retries(sqs: Any,
     bodies = [f"{group}-{i}" for i in range(8) for group in groups]  # groups interleaved
     # A group's third message fails on its first delivery, another's sixth on its first two: bisect
     # isolates them, and the later messages of those groups must wait for their redelivery.
-    sqs_handlers.FAIL_BELOW_RECEIVE[name] = {"alpha-2": 2, "beta-5": 3}
     await send(sqs, url, bodies, group=lambda body: body.split("-")[0])
     config = make_config(
         moto_endpoint,
         url,
         "sqs_handlers:in_order",
+        function={"environment": {"FAIL_BELOW_RECEIVE": json.dumps({"alpha-2": 2, "beta-5": 3})}},
         bisect_batch_on_function_error=True,
         scaling_config={"maximum_concurrency": 3},
     )
@@ -305,11 +314,11 @@ async def test_fifo_groups_keep_their_order_under_failures_and_retries(sqs: Any,
         await wait_for(lambda: len(bodies_succeeded(name)) >= len(bodies), timeout=60, message="all handled")
         await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
         assert app.runners["m"].status.counts.dead_lettered == 0
-    succeeded = sqs_handlers.SUCCEEDED[name]
+    succeeded = sqs_handlers.succeeded(name)
     # Every invocation, with each message's receive count: what to look at when the order breaks.
     calls = [
         [(r["body"], r["attributes"]["ApproximateReceiveCount"]) for r in call]
-        for call in sqs_handlers.CALLS[name]
+        for call in sqs_handlers.calls(name)
     ]
     for group in groups:
         order = [int(r["body"].split("-")[1]) for r in succeeded if r["body"].startswith(group + "-")]
@@ -331,7 +340,7 @@ async def test_powertools_batch_processor_works_unchanged(sqs: Any, moto_endpoin
         await wait_for(lambda: sqs_queue_is_empty(sqs, url), timeout=30, message="queue empty")
         stats = app.runners["m"].status.counts
         assert stats.dead_lettered == 0
-    seen = [entry for call in sqs_handlers.CALLS["powertools:" + name] for entry in call]
+    seen = [entry for call in recording.entries("powertools:" + name) for entry in call]
     attempts = Counter(entry["messageId"] for entry in seen)
     assert attempts == {message_id: 2 if i in (2, 7) else 1 for i, message_id in enumerate(ids)}
     retried = [entry for entry in seen if entry["receiveCount"] == "2"]

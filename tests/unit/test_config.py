@@ -144,20 +144,43 @@ def test_unknown_connection_type(tmp_path: Path) -> None:
     ]
 
 
-def test_missing_handler_module(tmp_path: Path) -> None:
+def test_missing_handler_module_of_the_default_runtime_is_found_without_importing(tmp_path: Path) -> None:
     path = write(tmp_path, "functions:\n  orders:\n    handler: no_such_module_for_poller_tests:handler\n")
+
+    assert problems(path) == [
+        f"{path}:3: functions.orders.handler: no module 'no_such_module_for_poller_tests' under "
+        f"{Path.cwd().resolve()}, on PYTHONPATH or installed"
+    ]
+
+
+def test_default_runtime_handler_module_is_found_but_never_run(tmp_path: Path, handler: str) -> None:
+    # The environment imports it at its first init; validation looks at files only (a missing
+    # callable shows there, as Runtime.HandlerNotFound, as on Lambda).
+    path = write(tmp_path, f"functions:\n  orders:\n    handler: {HANDLER_MODULE}:missing\n")
+
+    assert load_config(path, environ={}).functions["orders"].handler == f"{HANDLER_MODULE}:missing"
+    assert HANDLER_MODULE not in sys.modules
+
+
+def test_missing_inline_handler_module(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "functions:\n  orders:\n    runtime: inline\n    handler: no_such_module_for_poller_tests:handler\n",
+    )
 
     [problem] = problems(path)
     assert problem.startswith(
-        f"{path}:3: functions.orders.handler: cannot import module 'no_such_module_for_poller_tests'"
+        f"{path}:4: functions.orders.handler: cannot import module 'no_such_module_for_poller_tests'"
     )
 
 
-def test_handler_without_the_callable(tmp_path: Path, handler: str) -> None:
-    path = write(tmp_path, f"functions:\n  orders:\n    handler: {HANDLER_MODULE}:missing\n")
+def test_inline_handler_without_the_callable(tmp_path: Path, handler: str) -> None:
+    path = write(
+        tmp_path, f"functions:\n  orders:\n    runtime: inline\n    handler: {HANDLER_MODULE}:missing\n"
+    )
 
     assert problems(path) == [
-        f"{path}:3: functions.orders.handler: module {HANDLER_MODULE!r} has no attribute 'missing'"
+        f"{path}:4: functions.orders.handler: module {HANDLER_MODULE!r} has no attribute 'missing'"
     ]
 
 
@@ -183,7 +206,7 @@ def test_handlers_are_found_in_the_working_directory(tmp_path: Path, monkeypatch
         sys.modules.pop("poller_test_cwd_handler", None)
 
 
-def test_handler_imports_with_its_function_environment(
+def test_inline_handler_imports_with_its_function_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -196,6 +219,7 @@ def test_handler_imports_with_its_function_environment(
         """\
         functions:
           orders:
+            runtime: inline
             handler: poller_test_env_handler.handler
             environment: {POLLER_TEST_TABLE: orders}
         """,
@@ -341,8 +365,8 @@ def test_every_problem_at_once_with_lines(tmp_path: Path) -> None:
     assert found[:4] == [
         f"{path}:2: connections.kafka.client_id: environment variable 'NOT_SET' is not set and has no default",
         f"{path}:7: functions.orders: duplicate key 'orders' (first on line 4)",
-        f"{path}:8: functions.orders.handler: cannot import module 'no_such_module_for_poller_tests': "
-        "No module named 'no_such_module_for_poller_tests'",
+        f"{path}:8: functions.orders.handler: no module 'no_such_module_for_poller_tests' under "
+        f"{Path.cwd().resolve()}, on PYTHONPATH or installed",
         f"{path}:13: mappings.orders-from-kafka.batchsize: unknown key 'batchsize'",
     ]
     assert found[4] == (

@@ -91,6 +91,7 @@ def test_dockerfile_copies_paths_that_exist_and_runs_as_non_root() -> None:
     assert re.search(r"^USER (?!root)\S+", dockerfile, re.MULTILINE)
     assert "HEALTHCHECK" in dockerfile
     assert "/healthz" in dockerfile
-    assert re.search(r'^ENTRYPOINT \["poller"\]', dockerfile, re.MULTILINE), (
-        "exec form, so SIGTERM reaches poller"
+    assert re.search(r'^ENTRYPOINT \["tini", "--", "poller"\]', dockerfile, re.MULTILINE), (
+        "exec form under an init that reaps the environments' orphans and passes SIGTERM on to poller"
     )
+    assert "install -y --no-install-recommends tini" in dockerfile

@@ -53,3 +53,14 @@ def test_a_kafka_record_knows_its_partition_offset_and_size() -> None:
     assert second.position == 16
     assert first.timestamp == 1718000000.471  # the record's CreateTime, in seconds
     assert first.size >= len(orjson.dumps(first.payload)), "no smaller than its JSON in the event"
+
+
+@pytest.mark.parametrize("source_type", ["kafka", "sqs", "kinesis", "rabbitmq"])
+def test_an_event_to_serialise_is_the_same_event_without_copies_of_the_records(source_type: str) -> None:
+    event_format, records = sample_records(source_type)
+    shared = event_format.event(records, own=False)
+    assert orjson.dumps(shared) == orjson.dumps(event_format.event(records))
+    payloads = [id(record.payload) for record in records]
+    entries = shared["records"] if "records" in shared else shared.get("rmqMessagesByQueue", shared)
+    listed = [entry for group in entries.values() for entry in group]
+    assert [id(entry) for entry in listed] == payloads, "the records' own dicts, nothing built and dropped"

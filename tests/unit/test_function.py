@@ -1,4 +1,8 @@
-"""The function runtime: loading handlers, Lambda's context, timeouts, concurrency, isolation."""
+"""The function runtime: loading handlers, Lambda's context, timeouts, concurrency, isolation.
+
+Of the in-process runner, ``runtime: inline``: its threads, its timeouts and its copies of the event
+are what these tests are about (count_concurrency counts in this process's memory). Execution
+environments have their own tests, test_environments.py and tests/integration."""
 
 from __future__ import annotations
 
@@ -27,7 +31,10 @@ def _fixtures_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def runtime(handler: str, **settings: object) -> FunctionRuntime:
     return FunctionRuntime(
-        "fn", Function.model_validate({"handler": f"handlers_for_tests:{handler}", **settings})
+        "fn",
+        Function.model_validate(
+            {"runtime": "inline", "handler": f"handlers_for_tests:{handler}", **settings}
+        ),
     )
 
 

@@ -1,7 +1,12 @@
 """The real MappingRunner and BatchProcessor over an in-memory source, in milliseconds: drain,
 revocation, pause and resume, FIFO hold-back, a destination outage, shutdown, start and poll
 failures, task ownership and log context. The same paths run against real brokers in
-tests/integration; these pin the engine's own behaviour without one."""
+tests/integration; these pin the engine's own behaviour without one.
+
+The function is ``runtime: inline`` on purpose: each test steers the handler from here, in this
+process (``behave``), to make the engine meet exactly the case it is about at exactly the moment it
+wants; environments, where that control is gone, are the subject of test_environments.py and of the
+integration tests."""
 
 from __future__ import annotations
 
@@ -84,7 +89,9 @@ def make_runner(
     config = Config.model_validate(
         {
             "connections": {"k": {"type": "kafka", "bootstrap_servers": "127.0.0.1:1"}},
-            "functions": {"fn": {"handler": "orchestration_handlers:handler", "timeout": timeout}},
+            "functions": {
+                "fn": {"runtime": "inline", "handler": "orchestration_handlers:handler", "timeout": timeout}
+            },
             "destinations": {"dlq": {"type": "file", "path": "unused.jsonl"}},
             "mappings": {
                 "m": {

@@ -1,7 +1,11 @@
 """Tumbling windows: the pure rules (alignment, runs, the response's state) and the real runner over
 an in-memory stream with a real SQLite window store: state carried from invocation to invocation,
 one final invocation per window, a restart in the middle of a window, early termination, a missing
-state, and a shard that ends."""
+state, and a shard that ends.
+
+The function is ``runtime: inline`` on purpose: the tests steer the handler from this process to
+give each invocation the answer the case needs; tests/integration/test_tumbling_windows.py runs
+windows in execution environments against real brokers."""
 
 from __future__ import annotations
 
@@ -100,7 +104,7 @@ def make_runner(source: MemoryStream, store_path: Path, clock: FakeClock, **mapp
     config = Config.model_validate(
         {
             "connections": {"k": {"type": "kafka", "bootstrap_servers": "127.0.0.1:1"}},
-            "functions": {"fn": {"handler": "orchestration_handlers:handler"}},
+            "functions": {"fn": {"runtime": "inline", "handler": "orchestration_handlers:handler"}},
             "mappings": {
                 "m": {
                     "function_name": "fn",
@@ -214,6 +218,9 @@ async def test_a_state_over_one_megabyte_ends_the_window_early_and_a_new_one_sta
 async def test_a_response_without_state_fails_and_is_retried(tmp_path: Path) -> None:
     behave(no_state)
     clock = FakeClock()
+    # A second into a window, so that the retries' backoff (1 s, then 2 s, on the fake clock) never
+    # reaches its end: a window that ended would add its final invocations to the count.
+    clock.slept = 1 - clock.now() % LENGTH
     source = MemoryStream()
     source.put("t-0", {"v": 0}, timestamp=clock.now())
     runner = make_runner(source, tmp_path / "windows.db", clock, maximum_retry_attempts=2)

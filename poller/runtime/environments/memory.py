@@ -80,11 +80,11 @@ def _resident_pages(pid: int) -> int | None:
 
 
 def _high_water_kb(pid: int) -> int:
+    # Read once per invocation: one read and a search, not a Python loop over the file's lines.
     try:
         with open(f"/proc/{pid}/status", "rb") as file:
-            for line in file:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, IndexError, ValueError):
-        pass
-    return 0
+            status = file.read()
+        start = status.index(b"VmHWM:") + 6
+        return int(status[start : status.index(b"kB", start)])
+    except (OSError, ValueError):
+        return 0

@@ -81,6 +81,7 @@ class EnvironmentPool:
         self._invoking = 0
         self._quiet = asyncio.Event()  # no invocation in flight
         self._quiet.set()
+        self._stopper_waits_for_ever = True  # no idle on-demand environment to stop, some day
 
     # --- what the metrics read -------------------------------------------------------------------
 
@@ -218,7 +219,11 @@ class EnvironmentPool:
     def _put_back(self, environment: Environment) -> None:
         if environment.state is State.IDLE and not self._closed:
             self._idle.append(environment)
-            self._idle_changed.set()
+            # The stopper needs waking only if it waits with no deadline: an environment put back
+            # is due last, so it never brings a deadline forward (and a wake-up per invocation
+            # is a task switch per invocation).
+            if self._stopper_waits_for_ever:
+                self._idle_changed.set()
         elif environment.state is State.DEAD:
             self._forget(environment)
 
@@ -290,6 +295,7 @@ class EnvironmentPool:
             due = [e.last_used + self.idle_timeout for e in self._idle if not e.provisioned]
             self._idle_changed.clear()
             wait = max(0.0, min(due) - time.monotonic()) if due else None
+            self._stopper_waits_for_ever = wait is None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._idle_changed.wait()

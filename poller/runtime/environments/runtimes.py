@@ -173,6 +173,19 @@ def _node_file(handler: str) -> str:
     return f"{directory}/{file}" if directory else file
 
 
+def _installed_package(name: str) -> importlib.machinery.ModuleSpec | None:
+    """A top-level package that an import hook finds rather than a sys.path entry (an editable
+    install's finder); asking a finder for a top-level name runs no code."""
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if finder is importlib.machinery.PathFinder or find_spec is None:
+            continue
+        spec: importlib.machinery.ModuleSpec | None = find_spec(name, None)
+        if spec is not None and spec.origin not in ("built-in", "frozen"):
+            return spec
+    return None
+
+
 def _python_module_exists(module: str, root: Path) -> bool:
     """Whether ``module`` can be found from ``root`` and poller's import path, looking at files
     only: a package's ``__init__`` is never run (``importlib.util.find_spec`` would run it)."""
@@ -180,6 +193,8 @@ def _python_module_exists(module: str, root: Path) -> bool:
     parts = module.split(".")
     for index in range(len(parts)):
         spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: index + 1]), search)
+        if spec is None and index == 0:
+            spec = _installed_package(parts[0])
         if spec is None:
             return False
         if index < len(parts) - 1:

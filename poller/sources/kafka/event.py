@@ -97,13 +97,16 @@ class KafkaEventFormat:
         self.bootstrap_servers = bootstrap_servers
         self.cluster_arn = cluster_arn(bootstrap_servers, default_region())
 
-    def event(self, records: Sequence[Record]) -> dict[str, Any]:
+    def event(self, records: Sequence[Record], *, own: bool = True) -> dict[str, Any]:
         by_partition: dict[str, list[dict[str, Any]]] = {}
         partition, entries = None, []
         for record in records:
             if record.partition != partition:  # a batch is usually of one partition
                 partition = record.partition
                 entries = by_partition.setdefault(partition, [])
+            if not own:
+                entries.append(record.payload)
+                continue
             # New containers, so that the handler owns its event; only headers nest deeper. And
             # dict.copy, which clones the table: several times faster than {**payload, ...}.
             entry = record.payload.copy()

@@ -100,7 +100,9 @@ class KinesisEventFormat:
     def __init__(self, stream_arn: str = "") -> None:
         self.stream_arn = stream_arn  # known once the source has described the stream
 
-    def event(self, records: Sequence[Record]) -> dict[str, Any]:
+    def event(self, records: Sequence[Record], *, own: bool = True) -> dict[str, Any]:
+        if not own:
+            return {"Records": [record.payload for record in records]}
         # New containers, so that the handler owns its event (EventFormat.event); dict.copy clones
         # the table, several times faster than {**payload}.
         entries = []

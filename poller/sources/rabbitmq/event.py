@@ -303,9 +303,12 @@ class RabbitMQEventFormat:
         self.event_source_arn = event_source_arn
         self.vhost = vhost
 
-    def event(self, records: Sequence[Record]) -> dict[str, Any]:
+    def event(self, records: Sequence[Record], *, own: bool = True) -> dict[str, Any]:
         by_queue: dict[str, list[dict[str, Any]]] = {}
         for record in records:
+            if not own:
+                by_queue.setdefault(record.partition, []).append(record.payload)
+                continue
             # New containers, so that the handler owns its event (EventFormat.event).
             entry = record.payload.copy()
             properties = entry["basicProperties"] = entry["basicProperties"].copy()

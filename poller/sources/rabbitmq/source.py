@@ -394,18 +394,37 @@ class RabbitMQSource:
         async with self._ack_lock:
             if channel is not self._channel or channel.is_closed:
                 return  # the broker redelivers them
+            # aiormq queues frames for its writer in a queue of ten: once the connection is gone
+            # and its writer with it, a frame waits for room for ever, and with it this lock and
+            # every later ack, those of the next connection too. So the acks race the channel's
+            # closing; if it closes first, they are dropped and the broker redelivers them.
+            sending = asyncio.ensure_future(self._send_acks(channel, deliveries, nacked))
+            closing = channel.closing
             try:
-                # wait=False: acks need no reply; a lost one only means a redelivery.
-                for delivery in nacked:
-                    await channel.basic_nack(delivery.tag, requeue=True, wait=False)
-                frames = self._acks.settle((d.tag for d in nacked), sent=True)
-                frames += self._acks.settle(d.tag for d in deliveries)
-                for tag, multiple in frames:
-                    await channel.basic_ack(tag, multiple=multiple, wait=False)
-            except aiormq.exceptions.ChannelInvalidStateError:
-                return  # closed meanwhile: the broker redelivers them
-            except AMQP_ERRORS as exc:
-                raise SourceError(f"RabbitMQ ack failed: {exc!r}") from exc
+                await asyncio.wait([sending, closing], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closing.cancel()
+                if not sending.done():
+                    sending.cancel()
+                    await asyncio.wait([sending])  # it ends at the frame it waits to queue
+            if not sending.cancelled():
+                sending.result()  # a SourceError of the broker's refusal
+
+    async def _send_acks(
+        self, channel: AbstractChannel, deliveries: Sequence[_Delivery], nacked: Sequence[_Delivery]
+    ) -> None:
+        try:
+            # wait=False: acks need no reply; a lost one only means a redelivery.
+            for delivery in nacked:
+                await channel.basic_nack(delivery.tag, requeue=True, wait=False)
+            frames = self._acks.settle((d.tag for d in nacked), sent=True)
+            frames += self._acks.settle(d.tag for d in deliveries)
+            for tag, multiple in frames:
+                await channel.basic_ack(tag, multiple=multiple, wait=False)
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return  # closed meanwhile: the broker redelivers them
+        except AMQP_ERRORS as exc:
+            raise SourceError(f"RabbitMQ ack failed: {exc!r}") from exc
 
     async def _nack(self, deliveries: Sequence[_Delivery]) -> None:
         await self._ack((), nacked=deliveries)

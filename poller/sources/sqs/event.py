@@ -151,7 +151,9 @@ class SqsEventFormat:
     def __init__(self, queue: QueueInfo | None = None) -> None:
         self.queue = queue  # known once the source has started
 
-    def event(self, records: Sequence[Record]) -> dict[str, Any]:
+    def event(self, records: Sequence[Record], *, own: bool = True) -> dict[str, Any]:
+        if not own:
+            return {"Records": [record.payload for record in records]}
         return {"Records": [_fresh(record.payload) for record in records]}
 
     def describe(self, records: Sequence[Record]) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class BrokerHarness(ABC):
     kind: ClassVar[str]
     ordered: ClassVar[bool]
     stand_in_duplicates: ClassVar[int] = 0
-    resource: str  # the topic, queue or stream: the key of guarantee_handlers.CALLS
+    resource: str  # the topic, queue or stream: the key of what guarantee_handlers records
     lanes: int = 1
 
     @abstractmethod
