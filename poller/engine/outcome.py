@@ -8,11 +8,14 @@ the wrong key, or not in the batch fails the whole batch, as on AWS
 
 from __future__ import annotations
 
+import json
 import traceback
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from poller.engine.windows import state_of
 
@@ -124,3 +127,17 @@ def outcome_of(
 
 def _invalid(reason: str) -> Failed:
     return Failed(InvocationError("InvalidPartialBatchResponse", f"invalid partial batch response: {reason}"))
+
+
+def decode_response(payload: bytes | None) -> Any:
+    """A function's response as a value: JSON (also as Python's runtime writes it: ``NaN``,
+    integers past 64 bits, which orjson refuses), else the text itself."""
+    if not payload:
+        return None
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(payload)
+        except ValueError:
+            return payload.decode("utf-8", "replace")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import math
 import os
@@ -33,7 +32,7 @@ import orjson
 
 from poller.config import Function
 from poller.connections.aws import ACCOUNT_ID, default_region
-from poller.engine.outcome import InvocationError
+from poller.engine.outcome import InvocationError, decode_response
 from poller.errors import Throttled
 from poller.observability.tracing import xray_trace_header
 from poller.runtime.environments.api import Invocation, Response
@@ -370,20 +369,6 @@ class _HandlerRaised(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def decode_response(payload: bytes) -> Any:
-    """A function's response as a value: JSON (as Python's runtime writes it: ``NaN``, integers
-    past 64 bits), else the text itself."""
-    if not payload:
-        return None
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(payload)
-        except ValueError:
-            return payload.decode("utf-8", "replace")
 
 
 def _own_peak_memory_mb() -> int:

@@ -10,11 +10,10 @@ dead-letter attributes: ``RequestID``, ``ErrorCode`` (the 3-digit HTTP status of
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
+from poller.engine.outcome import decode_response
 
 MAX_ERROR_MESSAGE = 1024  # bytes of ErrorMessage, as Lambda truncates it
 THROTTLED_STATUS = 429
@@ -26,20 +25,6 @@ PAYLOADS_OMITTED = (
 def iso_timestamp(epoch: float) -> str:
     """``2026-11-22T10:00:00.000Z``, as Lambda writes its timestamps."""
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def json_value(payload: bytes | None) -> Any:
-    """A payload as the JSON value it holds; text that is not JSON (or Python's ``NaN``) as it
-    is parsed by Python's json, else as a string."""
-    if not payload:
-        return None
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(payload)
-        except ValueError:
-            return payload.decode("utf-8", "replace")
 
 
 def invocation_record(
@@ -70,9 +55,9 @@ def invocation_record(
             "condition": condition,
             "approximateInvokeCount": invoke_count,
         },
-        "requestPayload": json_value(request_payload),
+        "requestPayload": decode_response(request_payload),
         "responseContext": response_context,
-        "responsePayload": json_value(response_payload) if invoke_count else None,
+        "responsePayload": decode_response(response_payload) if invoke_count else None,
     }
 
 

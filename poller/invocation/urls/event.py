@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from poller.runtime.function import decode_response
+from poller.engine.outcome import decode_response
 
 # Lambda's limit on a synchronous invocation's payload: the event, with its body and headers.
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
