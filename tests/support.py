@@ -31,7 +31,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from poller.app import App
 from poller.clock import Clock
-from poller.config import Config
+from poller.config import Config, Function
+from poller.runtime.function import FunctionRuntime
+from poller.tasks import BackgroundTasks
 
 T = TypeVar("T")
 
@@ -426,3 +428,27 @@ async def sigterm_once(
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@asynccontextmanager
+async def started_function(name: str, settings: Mapping[str, Any]) -> AsyncIterator[FunctionRuntime]:
+    """The function ``settings`` describe, started (its provisioned environments initialised)
+    and closed, with every environment stopped, at the end of the block."""
+    function = FunctionRuntime(name, Function.model_validate(settings))
+    async with asyncio.TaskGroup() as group:
+        tasks = BackgroundTasks(group, f"function {name}")
+        try:
+            await function.start(tasks)
+            yield function
+        finally:
+            await function.close()
+            await tasks.close()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"

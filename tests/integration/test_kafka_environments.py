@@ -27,6 +27,7 @@ from support import (
     INTEGRATION,
     KAFKA_TEST_GROUP_SETTINGS,
     FakeClock,
+    alive,
     committed_offsets,
     create_topic,
     produce,
@@ -44,15 +45,6 @@ from poller.observability.tracing import Telemetry
 pytestmark = pytest.mark.kafka
 
 PYTHON = f"python3.{sys.version_info.minor}"  # poller's own interpreter
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
 def free_port() -> int:

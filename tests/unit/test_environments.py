@@ -12,8 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, generate_latest
-from support import wait_for
+from support import alive, started_function, wait_for
 
-from poller.config import Function, load_config
+from poller.config import load_config
 from poller.engine.outcome import InvocationError
 from poller.errors import ConfigError
 from poller.observability.metrics import FunctionCollector
@@ -31,7 +30,6 @@ from poller.runtime.environments import environment as environment_module
 from poller.runtime.environments.pool import FunctionStartError
 from poller.runtime.environments.runtimes import check
 from poller.runtime.function import FunctionRuntime
-from poller.tasks import BackgroundTasks
 
 FIXTURES = Path(__file__).parent / "fixtures" / "environments"
 PYTHON_CODE = FIXTURES / "python"
@@ -44,29 +42,9 @@ class Report:
     invocation_id: str | None = None
 
 
-@asynccontextmanager
-async def started(name: str = "fn", **settings: Any) -> AsyncIterator[FunctionRuntime]:
-    """A started function (python, the fixtures' code unless ``settings`` say otherwise),
-    closed at the end of the block."""
-    config = Function.model_validate({"runtime": PYTHON, "code": str(PYTHON_CODE), **settings})
-    function = FunctionRuntime(name, config)
-    async with asyncio.TaskGroup() as group:
-        tasks = BackgroundTasks(group, f"function {name}")
-        try:
-            await function.start(tasks)
-            yield function
-        finally:
-            await function.close()
-            await tasks.close()
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
+def started(name: str = "fn", **settings: Any) -> AbstractAsyncContextManager[FunctionRuntime]:
+    """A started function (python, the fixtures' code unless ``settings`` say otherwise)."""
+    return started_function(name, {"runtime": PYTHON, "code": str(PYTHON_CODE), **settings})
 
 
 async def test_a_python_handler_sees_lambdas_context_and_variables_in_its_own_process() -> None:

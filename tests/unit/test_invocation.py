@@ -24,7 +24,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.parsers import create_parser
 from multidict import CIMultiDict
-from support import wait_for
+from support import started_function, wait_for
 
 from poller.config import Function
 from poller.engine.outcome import InvocationError
@@ -312,25 +312,9 @@ async def test_an_inline_invocation_that_may_not_wait_is_throttled_while_waiting
 
 @pytest.fixture
 async def single_environment() -> AsyncIterator[FunctionRuntime]:
-    from poller.tasks import BackgroundTasks
-
-    config = Function.model_validate(
-        {
-            "runtime": PYTHON,
-            "code": str(PYTHON_CODE),
-            "handler": "envfn.slow",
-            "reserved_concurrent_executions": 1,
-        }
-    )
-    function = FunctionRuntime("fn", config)
-    async with asyncio.TaskGroup() as group:
-        tasks = BackgroundTasks(group, "function fn")
-        try:
-            await function.start(tasks)
-            yield function
-        finally:
-            await function.close()
-            await tasks.close()
+    settings = {"runtime": PYTHON, "code": str(PYTHON_CODE), "handler": "envfn.slow"}
+    async with started_function("fn", {**settings, "reserved_concurrent_executions": 1}) as function:
+        yield function
 
 
 async def test_an_environment_invocation_that_may_not_wait_is_throttled_while_waiting_ones_queue(

@@ -7,37 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from support import wait_for
+from support import started_function, wait_for
 
-from poller.config import Function
 from poller.errors import Throttled
 from poller.runtime.environments.api import Response
 from poller.runtime.function import FunctionRuntime
-from poller.tasks import BackgroundTasks
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PYTHON_CODE = FIXTURES / "environments" / "python"
 PYTHON = f"python3.{sys.version_info.minor}"
 
 
-@asynccontextmanager
-async def started(**settings: Any) -> AsyncIterator[FunctionRuntime]:
-    function = FunctionRuntime("fn", Function.model_validate(settings))
-    async with asyncio.TaskGroup() as group:
-        tasks = BackgroundTasks(group, "function fn")
-        try:
-            await function.start(tasks)
-            yield function
-        finally:
-            await function.close()
-            await tasks.close()
+def started(**settings: Any) -> AbstractAsyncContextManager[FunctionRuntime]:
+    return started_function("fn", settings)
 
 
 def slow_function(runtime: str, reserved: int) -> dict[str, Any]:
