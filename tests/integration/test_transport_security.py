@@ -89,13 +89,12 @@ async def test_rabbitmq_round_trip_over_amqps_with_the_test_ca(
         maximum_batching_window_in_seconds=0,
     )
     async with running(config) as app:
-        seen = await wait_for(
-            lambda: sorted(
-                rmq_handlers.body(m) for batch in rmq_handlers.CALLS[f"{queue}::/"] for m in batch
-            ),
-            message="messages handled over amqps",
-        )
-        assert seen == [b"tls-0", b"tls-1", b"tls-2"]
+
+        def seen() -> list[bytes]:
+            return sorted(rmq_handlers.body(m) for batch in rmq_handlers.calls(f"{queue}::/") for m in batch)
+
+        await wait_for(lambda: len(seen()) >= 3, message="messages handled over amqps")
+        assert seen() == [b"tls-0", b"tls-1", b"tls-2"]
         assert app.runners["m"].status.ready
     async with await aio_pika.connect(amqp_url) as plain:
         await (await plain.channel()).queue_delete(queue)
@@ -172,9 +171,9 @@ async def produce_and_consume(connection: KafkaConnection, count: int = 3) -> li
         await producer.stop()
     async with running(config):
         await wait_for(
-            lambda: sum(map(len, recorder.CALLS[topic])) >= count, timeout=60, message="records handled"
+            lambda: sum(map(len, recorder.calls(topic))) >= count, timeout=60, message="records handled"
         )
-    return sorted(base64.b64decode(record["value"]) for batch in recorder.CALLS[topic] for record in batch)
+    return sorted(base64.b64decode(record["value"]) for batch in recorder.calls(topic) for record in batch)
 
 
 async def refusal(connection: KafkaConnection) -> SourceError:
@@ -302,7 +301,7 @@ async def test_aws_verify_accepts_the_test_ca_refuses_others_and_can_be_turned_o
             "sqs_handlers:collect",
         )
         async with running(config):
-            handled = await wait_for(lambda: sqs_handlers.CALLS.get(queue), message="handled over https")
+            handled = await wait_for(lambda: sqs_handlers.calls(queue), message="handled over https")
             assert [record["body"] for record in handled[0]] == ["over https"]
         unverified = AwsConnection(type="aws", endpoint_url=endpoint, verify=False)
         async with create_client(unverified, "sqs") as sqs:
