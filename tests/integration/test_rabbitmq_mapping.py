@@ -113,7 +113,9 @@ async def test_ten_thousand_messages_handled_in_concurrent_batches_and_acked(
         "rmq_handlers:collect",
         function={"environment": {"BATCH_DELAY": "0.02"}},
         scaling_config={"maximum_concurrency": 4},
-        maximum_batching_window_in_seconds=0.2,
+        # Long enough that a loaded machine's slow deliveries do not cut batches short: under a
+        # backlog they fill up by count long before it.
+        maximum_batching_window_in_seconds=1.0,
     )
     async with running(config) as app:
         await wait_for(lambda: len(bodies(queue)) >= 10_000, timeout=90, message="10,000 messages handled")

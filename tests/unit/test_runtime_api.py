@@ -230,3 +230,108 @@ async def test_close_ends_a_waiting_next() -> None:
         except aiohttp.ClientError:
             status = None  # the connection went away: the runtime exits either way
         assert status in (410, None)
+
+
+# --- HTTP as the runtimes speak it: raw requests on one connection -------------------------------
+
+
+class Raw:
+    """A connection that sends bytes as written and reads the replies one by one."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def reply(self) -> tuple[int, dict[str, str], bytes]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        status_line, *lines = head.decode().split("\r\n")[:-2]
+        headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines)}
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return int(status_line.split()[1]), headers, body
+
+
+@pytest.fixture
+async def raw(api: RuntimeApi) -> AsyncIterator[Raw]:
+    host, port = api.address.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        yield Raw(reader, writer)
+    finally:
+        writer.close()
+
+
+NEXT = b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: api\r\n\r\n"
+
+
+async def test_a_chunked_response_body_is_read_whole(api: RuntimeApi, raw: Raw) -> None:
+    answer = api.submit(invocation())
+    await raw.send(NEXT)
+    assert (await raw.reply())[0] == 200
+    await raw.send(
+        b"POST /2018-06-01/runtime/invocation/r-1/response HTTP/1.1\r\nHost: api\r\n"
+        b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+        b"5\r\n[1, 2\r\n4\r\n, 3]\r\n0\r\n\r\n"
+    )
+    assert (await raw.reply())[:1] == (202,)
+    assert await asyncio.wait_for(answer, 5) == Response(b"[1, 2, 3]", "application/json")
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(api: RuntimeApi, raw: Raw) -> None:
+    """curl sends a large body only after the server's ``100 Continue``."""
+    answer = api.submit(invocation())
+    await raw.send(NEXT)
+    await raw.reply()
+    body = b'"' + b"x" * 2_000_000 + b'"'
+    await raw.send(
+        b"POST /2018-06-01/runtime/invocation/r-1/response HTTP/1.1\r\nHost: api\r\n"
+        b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    status, _, _ = await raw.reply()
+    assert status == 100
+    await raw.send(body)
+    assert (await raw.reply())[0] == 202
+    assert (await asyncio.wait_for(answer, 5)).payload == body  # type: ignore[union-attr]
+
+
+async def test_requests_sent_at_once_are_answered_in_order(api: RuntimeApi, raw: Raw) -> None:
+    """A /next sent right behind an answer (pipelined) waits its turn, then waits for work."""
+    api.submit(invocation())
+    await raw.send(NEXT)
+    await raw.reply()
+    await raw.send(
+        b"POST /2018-06-01/runtime/invocation/r-1/response HTTP/1.1\r\nHost: api\r\n"
+        b"Content-Length: 2\r\n\r\n{}" + NEXT
+    )
+    assert (await raw.reply())[0] == 202
+    api.finish()
+    api.submit(invocation("r-2"))
+    status, headers, _ = await raw.reply()
+    assert (status, headers["lambda-runtime-aws-request-id"]) == (200, "r-2")
+
+
+async def test_http_1_0_and_connection_close_end_the_connection_after_the_reply(
+    api: RuntimeApi, raw: Raw
+) -> None:
+    await raw.send(b"GET /2018-06-01/runtime/nothing HTTP/1.0\r\n\r\n")
+    status, headers, _ = await raw.reply()
+    assert (status, headers["connection"]) == (404, "close")
+    assert await asyncio.wait_for(raw.reader.read(), 5) == b"", "closed by the API"
+
+
+async def test_a_malformed_request_gets_400_and_the_connection_is_closed(raw: Raw) -> None:
+    await raw.send(b"NOT HTTP AT ALL\r\n\r\n")
+    status, _, body = await raw.reply()
+    assert (status, json.loads(body)["errorType"]) == (400, "InvalidRequest")
+    assert await asyncio.wait_for(raw.reader.read(), 5) == b""
+
+
+async def test_header_values_cannot_break_the_reply(api: RuntimeApi, raw: Raw) -> None:
+    api.submit(invocation(client_context='{"custom":\r\n {"a": 1}}'))
+    await raw.send(NEXT)
+    status, headers, body = await raw.reply()
+    assert status == 200
+    assert json.loads(headers["lambda-runtime-client-context"]) == {"custom": {"a": 1}}
+    assert body == b'{"hello": "world"}'

@@ -5,10 +5,13 @@ own the cgroup it runs in, and ``RLIMIT_AS`` counts address space, which V8 rese
 gigabyte), so it samples resident set sizes from ``/proc`` and kills past the limit. The kernel's
 own high-water mark of each process (``VmHWM``) catches what a sample missed between two looks.
 
-A process group's members are found by scanning ``/proc`` (the kernel keeps no list of a group's
-processes), which costs a read per process on the machine: that is done every
-:data:`RESCAN_INTERVAL` seconds only; in between, the members known are sampled, which for the
-usual environment (one process) is one small read.
+The kernel keeps no list of a group's processes. Its members are found every
+:data:`RESCAN_INTERVAL` seconds by walking the leader's descendants (``/proc/PID/task/TID/children``:
+a few reads for the usual environment of one process), keeping the members found before that are
+still in the group (a child that was orphaned, e.g. a daemon, leaves the leader's tree but not its
+group). Only every :data:`FULL_SCAN_INTERVAL` seconds, or where the kernel has no ``children``
+files, is the whole of ``/proc`` read, a read per process on the machine: with many environments
+on a busy host, scanning it every second for each of them would cost more than the functions.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import time
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MB = 1024 * 1024
-RESCAN_INTERVAL = 1.0  # seconds between scans of /proc for the group's members
+RESCAN_INTERVAL = 1.0  # seconds between looks for the group's members among the leader's descendants
+FULL_SCAN_INTERVAL = 30.0  # seconds between scans of all of /proc for them
+_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 
 class ProcessGroupMemory:
@@ -28,6 +33,8 @@ class ProcessGroupMemory:
         self.pgid = pgid
         self._members: set[int] = {pgid}
         self._scanned = 0.0
+        # A new group holds the leader alone, which the walk of its descendants finds.
+        self._fully_scanned = time.monotonic()
 
     def resident(self) -> int:
         """Bytes resident in the group's processes now (0 once they are all gone)."""
@@ -48,27 +55,58 @@ class ProcessGroupMemory:
 
     def _rescan_if_due(self) -> None:
         now = time.monotonic()
-        if now - self._scanned >= RESCAN_INTERVAL:
-            self._scanned = now
+        if now - self._scanned < RESCAN_INTERVAL:
+            return
+        self._scanned = now
+        found = descendants(self.pgid)
+        if found is None or now - self._fully_scanned >= FULL_SCAN_INTERVAL:
+            self._fully_scanned = now
             self._members = group_members(self.pgid) | {self.pgid}
+            return
+        known = {pid for pid in self._members - found if _process_group(pid) == self.pgid}
+        self._members = {pid for pid in found if _process_group(pid) == self.pgid} | known | {self.pgid}
 
 
 def group_members(pgid: int) -> set[int]:
-    """The pids of every process whose process group is ``pgid``."""
-    members = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    """The pids of every process whose process group is ``pgid``: a read per process on the host."""
+    return {
+        int(entry) for entry in os.listdir("/proc") if entry.isdigit() and _process_group(int(entry)) == pgid
+    }
+
+
+def descendants(pid: int) -> set[int] | None:
+    """``pid`` and the pids of its children, their children and so on; None where the kernel
+    keeps no ``children`` files (``CONFIG_PROC_CHILDREN``) or ``pid`` is gone."""
+    if not _CHILDREN_FILES or not os.path.exists(f"/proc/{pid}"):
+        return None
+    found: set[int] = set()
+    waiting = [pid]
+    while waiting:
+        parent = waiting.pop()
+        found.add(parent)
         try:
-            with open(f"/proc/{entry}/stat", "rb") as file:
-                stat = file.read()
+            threads = os.listdir(f"/proc/{parent}/task")
         except OSError:
             continue  # ended meanwhile
-        # The command name may hold spaces and parentheses: the fields start after the last ')'.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid:
-            members.add(int(entry))
-    return members
+        for thread in threads:
+            try:
+                with open(f"/proc/{parent}/task/{thread}/children", "rb") as file:
+                    children = [int(child) for child in file.read().split()]
+            except OSError:
+                continue  # the thread ended meanwhile
+            waiting.extend(child for child in children if child not in found)
+    return found
+
+
+def _process_group(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return None  # ended meanwhile
+    # The command name may hold spaces and parentheses: the fields start after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[2]) if len(fields) > 2 else None
 
 
 def _resident_pages(pid: int) -> int | None:
