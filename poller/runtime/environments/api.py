@@ -249,6 +249,10 @@ class RuntimeApi:
 # --- HTTP/1.1 ----------------------------------------------------------------------------------
 
 
+# The request headers the API reads (names in lower case); the others are not kept.
+_READ_HEADERS = frozenset({b"content-type", b"expect", ERROR_TYPE_HEADER.encode()})
+
+
 @dataclass
 class _Request:
     """One request as parsed: the body is None when it is longer than the limit (then only its
@@ -256,7 +260,7 @@ class _Request:
 
     method: bytes = b""
     url: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
+    headers: dict[str, str] = field(default_factory=dict)  # those of _READ_HEADERS, names in lower case
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     keep_alive: bool = True
@@ -292,9 +296,11 @@ class _Reply:
     def head(self, keep_alive: bool) -> bytes:
         lines = [f"HTTP/1.1 {self.status} {_REASONS[self.status]}\r\n"]
         for name, value in self.headers.items():
-            # A value is one line: a newline (only whitespace, in a JSON client context) cannot
-            # end the header early.
-            lines.append(f"{name}: {value.replace(chr(13), ' ').replace(chr(10), ' ')}\r\n")
+            if "\n" in value or "\r" in value:
+                # A value is one line: a newline (only whitespace, in a JSON client context)
+                # cannot end the header early.
+                value = value.replace("\r", " ").replace("\n", " ")
+            lines.append(f"{name}: {value}\r\n")
         lines.append(f"Content-Length: {len(self.body)}\r\n")
         if not keep_alive:
             lines.append("Connection: close\r\n")
@@ -369,7 +375,9 @@ class _Connection(asyncio.Protocol):
         self._parsing.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._parsing.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        name = name.lower()
+        if name in _READ_HEADERS:
+            self._parsing.headers[name.decode()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         if self._parsing.headers.get("expect", "").lower() == "100-continue" and self._transport:

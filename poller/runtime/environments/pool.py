@@ -75,13 +75,11 @@ class EnvironmentPool:
         self._idle: list[Environment] = []  # the most recently used last
         self._all: set[Environment] = set()  # starting, idle and busy
         self._numbers = itertools.count(1)
-        self._idle_changed = asyncio.Event()
         self._tasks: BackgroundTasks | None = None
         self._closed = False
         self._invoking = 0
         self._quiet = asyncio.Event()  # no invocation in flight
         self._quiet.set()
-        self._stopper_waits_for_ever = True  # no idle on-demand environment to stop, some day
 
     # --- what the metrics read -------------------------------------------------------------------
 
@@ -218,12 +216,9 @@ class EnvironmentPool:
 
     def _put_back(self, environment: Environment) -> None:
         if environment.state is State.IDLE and not self._closed:
+            # The stopper is not woken: an environment put back now is due no earlier than
+            # idle_timeout from now, when the stopper looks again in any case.
             self._idle.append(environment)
-            # The stopper needs waking only if it waits with no deadline: an environment put back
-            # is due last, so it never brings a deadline forward (and a wake-up per invocation
-            # is a task switch per invocation).
-            if self._stopper_waits_for_ever:
-                self._idle_changed.set()
         elif environment.state is State.DEAD:
             self._forget(environment)
 
@@ -278,7 +273,6 @@ class EnvironmentPool:
             error = await self._init(environment, replace=False)  # this loop retries itself
             if error is None:
                 self._idle.append(environment)
-                self._idle_changed.set()
                 return
             await asyncio.sleep(backoff.next())
 
@@ -292,10 +286,7 @@ class EnvironmentPool:
                     self._all.discard(environment)
                     log.info("function %s: stopping idle environment %s", self.spec.name, environment.name)
                     await environment.stop()
+            # With no idle on-demand environment, the first to become one is due idle_timeout
+            # after it is put back at the earliest.
             due = [e.last_used + self.idle_timeout for e in self._idle if not e.provisioned]
-            self._idle_changed.clear()
-            wait = max(0.0, min(due) - time.monotonic()) if due else None
-            self._stopper_waits_for_ever = wait is None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._idle_changed.wait()
+            await asyncio.sleep(max(0.0, min(due) - time.monotonic()) if due else self.idle_timeout)
