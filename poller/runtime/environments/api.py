@@ -168,6 +168,10 @@ class RuntimeApi:
             return self._response(request, match["id"])
         return self._error(request, match["id"])
 
+    def attach(self, connection: _Connection) -> None:
+        """``connection`` is open: :meth:`close` closes it."""
+        self._connections.add(connection)
+
     def forget(self, connection: _Connection) -> None:
         """``connection`` is closed: a ``/next`` it waited in waits no more."""
         self._connections.discard(connection)
@@ -322,7 +326,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._api._connections.add(self)
+        self._api.attach(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
