@@ -77,7 +77,7 @@ def start_stand_ins(config: Config) -> list[StandIn]:
             for address in connection.bootstrap_servers.split(","):
                 host, _, port = address.strip().rpartition(":")
                 if host in _LOOPBACK_HOSTS and port.isdigit() and not port_open(LOOPBACK, int(port)):
-                    stand_in = start_kafka(int(port))
+                    stand_in = start_kafka(int(port), die_with_starter=True)
                     if stand_in is not None:
                         log.info("started the Kafka stand-in (tansu) on %s:%s", LOOPBACK, port)
                         started.append(stand_in)
@@ -169,11 +169,11 @@ async def _create_rabbitmq_queues(config: Config) -> None:
 # The stand-in that serves each AWS service: kinesalite ends closed shards and numbers records as
 # Kinesis does, moto does not (SPEC section 11); moto serves the DynamoDB lease table.
 _AWS_STAND_INS: dict[str, Callable[[int], StandIn | None]] = {
-    "kinesis": lambda port: start_kinesalite(port),
-    "dynamodb": lambda port: start_moto(port),
-    "sqs": lambda port: start_moto(port),
-    "sns": lambda port: start_moto(port),
-    "s3": lambda port: start_moto(port),
+    "kinesis": lambda port: start_kinesalite(port, die_with_starter=True),
+    "dynamodb": lambda port: start_moto(port, die_with_starter=True),
+    "sqs": lambda port: start_moto(port, die_with_starter=True),
+    "sns": lambda port: start_moto(port, die_with_starter=True),
+    "s3": lambda port: start_moto(port, die_with_starter=True),
 }
 
 

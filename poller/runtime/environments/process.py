@@ -76,7 +76,7 @@ class EnvironmentProcess:
                 cwd=cwd,
                 env=dict(env),
                 start_new_session=True,
-                preexec_fn=_die_with(os.getpid()),  # only a prctl call and a getppid
+                preexec_fn=die_with(os.getpid()),  # only a prctl call and a getppid
                 close_fds=True,
             )
         except BaseException:
@@ -150,9 +150,9 @@ class EnvironmentProcess:
             self._output = None
 
 
-def _die_with(parent: int) -> Callable[[], None]:
-    """The child's first act after fork: ask the kernel for SIGKILL when poller dies (even by
-    ``kill -9``), and leave at once if poller died before that was armed."""
+def die_with(parent: int) -> Callable[[], None]:
+    """The child's first act after fork: ask the kernel for SIGKILL when its parent ``parent``
+    (poller) dies, even by ``kill -9``, and leave at once if it died before that was armed."""
 
     def arm() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
