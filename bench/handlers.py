@@ -1,5 +1,5 @@
-"""Handlers that the poller under test invokes (``bench.handlers:noop``, ``bench.handlers:latency``
-and, behind a function URL, ``bench.handlers.http_ok``).
+"""Handlers that the poller under test invokes (``bench.handlers:noop``, ``bench.handlers:consumed``,
+``bench.handlers:latency`` and, behind a function URL, ``bench.handlers.http_ok``).
 
 ``noop`` only counts the records of its event into the shared progress file, so that the poller's
 throughput is measured exactly like the raw loops': per batch handed to user code. ``latency``
@@ -33,6 +33,22 @@ def count(event: dict[str, Any]) -> int:
 async def noop(event: dict[str, Any], context: object) -> None:
     if _progress is not None:
         _progress.add(count(event))
+
+
+async def consumed(event: dict[str, Any], context: object) -> None:
+    """``noop`` for poller-filtered's Kafka mapping, whose filter keeps one record in
+    ``FILTER_KEEPS_ONE_IN``: counts each record handed over with those filtered out before it. The
+    harness's fill makes every tenth record of a partition, counted from its last, the kept kind,
+    so the record at offset ``o`` stands for ``min(10, o + 1)`` records, whichever process handles it."""
+    from bench.run import FILTER_KEEPS_ONE_IN
+
+    consumed = sum(
+        min(FILTER_KEEPS_ONE_IN, record["offset"] + 1)
+        for records in event["records"].values()
+        for record in records
+    )
+    if _progress is not None:
+        _progress.add(consumed)
 
 
 async def latency(event: dict[str, Any], context: object) -> None:

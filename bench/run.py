@@ -59,7 +59,17 @@ class Measurement:
 
 
 # The poller contenders and the function runtime each runs (None: the default, environments).
-POLLER_RUNTIMES: dict[str, str | None] = {"poller": None, "poller-inline": "inline"}
+POLLER_RUNTIMES: dict[str, str | None] = {
+    "poller": None,
+    "poller-inline": "inline",
+    "poller-filtered": None,
+}
+# poller-filtered (Kafka): poller with a filter that keeps the values of one kind in ten
+# (bench.sources.kafka.fill_values), its handler counting every record consumed.
+FILTERED = "poller-filtered"
+FILTER_PATTERN = '{"value": {"kind": ["order"]}}'
+FILTER_KEEPS_ONE_IN = 10
+FILTERED_HANDLER = "bench.handlers:consumed"
 
 
 def poller_config(
@@ -90,7 +100,12 @@ def _argv(
 ) -> list[str]:
     if contender in POLLER_RUNTIMES:
         config = workdir / "poller.yaml"
-        settings = poller_config(bench, target, handler, POLLER_RUNTIMES[contender])
+        filtered = contender == FILTERED
+        settings = poller_config(
+            bench, target, FILTERED_HANDLER if filtered else handler, POLLER_RUNTIMES[contender]
+        )
+        if filtered:
+            settings["mappings"]["bench"]["filter_criteria"] = {"filter": [{"pattern": FILTER_PATTERN}]}
         config.write_bytes(orjson.dumps(settings, option=orjson.OPT_INDENT_2))
         poller = Path(sys.executable).parent / "poller"
         command = [str(poller)] if poller.exists() else [sys.executable, "-m", "poller"]

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.run import Consumer, Measurement, measure
+from bench.run import FILTER_KEEPS_ONE_IN, FILTERED, Consumer, Measurement, measure
 from bench.sources import SourceBench, Target, Workload
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ async def throughput(bench: SourceBench, workload: Workload, runs: int, workdir:
     order = ["raw", "poller", *[c for c in bench.contenders if c != "raw"]]
     for run in range(runs):
         for contender in order:
-            target = await bench.prepare(workload)
+            kinds = FILTER_KEEPS_ONE_IN if contender == FILTERED else 0
+            target = await bench.prepare(replace(workload, value_kinds=kinds))
             try:
                 result = await measure(
                     bench,

@@ -42,6 +42,8 @@ class Workload:
     parallelism: int
     window: float | None = None  # maximum_batching_window_in_seconds; None = the AWS default
     size: int = RECORD_SIZE
+    # Kafka: 0 for random values; N for JSON values of N kinds, of which a filter keeps one.
+    value_kinds: int = 0
 
 
 @dataclass
