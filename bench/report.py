@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
 # SPEC section 10: at least 0.9x the raw loop with ``runtime: inline``, 0.6x with the default
@@ -81,6 +81,16 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Ratios(NamedTuple):
+    source: str
+    rate_vs_raw: float | None
+    cpu_vs_raw: float | None
+    inline_vs_raw: float | None
+    filtered_vs_poller: float | None
+    rate_vs_fast: float | None
+    broker_bound: bool
+
+
 def _throughput_table(throughput: dict[str, Any]) -> list[str]:
     lines = [
         "### Throughput",
@@ -95,7 +105,7 @@ def _throughput_table(throughput: dict[str, Any]) -> list[str]:
         "| Source | Records x runs | Batch | Partitions | Contender | Records/s | CPU s / 10k | Peak RSS MiB | Runs (records/s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    ratios = []
+    ratios: list[_Ratios] = []
     for source, entry in throughput.items():
         workload = entry["workload"]
         summary = entry["summary"]
@@ -118,7 +128,7 @@ def _throughput_table(throughput: dict[str, Any]) -> list[str]:
         inline_vs_raw = _ratio(inline.get("rate"), raw.get("rate")) if inline else None
         rate_vs_fast = _ratio(poller.get("rate"), fast.get("rate")) if fast else None
         ratios.append(
-            (
+            _Ratios(
                 source,
                 rate_vs_raw,
                 cpu_vs_raw,
@@ -135,30 +145,22 @@ def _throughput_table(throughput: dict[str, Any]) -> list[str]:
         "| Target (>= 0.6x raw, inline >= 0.9x, filtered >= unfiltered, > FastStream) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for (
-        source,
-        rate_vs_raw,
-        cpu_vs_raw,
-        inline_vs_raw,
-        filtered_vs_poller,
-        rate_vs_fast,
-        broker_bound,
-    ) in ratios:
+    for row in ratios:
         met = (
-            rate_vs_raw is not None
-            and rate_vs_raw >= TARGET_RATIO_ENVIRONMENTS
-            and (inline_vs_raw is None or inline_vs_raw >= TARGET_RATIO)
-            and (filtered_vs_poller is None or filtered_vs_poller >= 1)
-            and (rate_vs_fast is None or rate_vs_fast > 1)
+            row.rate_vs_raw is not None
+            and row.rate_vs_raw >= TARGET_RATIO_ENVIRONMENTS
+            and (row.inline_vs_raw is None or row.inline_vs_raw >= TARGET_RATIO)
+            and (row.filtered_vs_poller is None or row.filtered_vs_poller >= 1)
+            and (row.rate_vs_fast is None or row.rate_vs_fast > 1)
         )
         verdict = "met" if met else "**not met**"
-        if broker_bound:
+        if row.broker_bound:
             verdict += " (broker-bound: compare CPU per record)"
+        optional = [row.inline_vs_raw, row.filtered_vs_poller, row.rate_vs_fast]
         lines.append(
-            f"| {source} | {_num(rate_vs_raw, 2)} | {_num(cpu_vs_raw, 2)} | "
-            f"{_num(inline_vs_raw, 2) if inline_vs_raw is not None else 'n/a'} | "
-            f"{_num(filtered_vs_poller, 2) if filtered_vs_poller is not None else 'n/a'} | "
-            f"{_num(rate_vs_fast, 2) if rate_vs_fast is not None else 'n/a'} | {verdict} |"
+            f"| {row.source} | {_num(row.rate_vs_raw, 2)} | {_num(row.cpu_vs_raw, 2)} | "
+            + "".join(f"{_num(ratio, 2) if ratio is not None else 'n/a'} | " for ratio in optional)
+            + f"{verdict} |"
         )
     return [*lines, ""]
 
