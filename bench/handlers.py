@@ -19,6 +19,7 @@ from bench.progress import Progress
 _progress = Progress.from_env()
 # Open for the life of the process: the handler appends a few lines per batch.
 _latency_out = open(os.environ["BENCH_LATENCY"], "a") if os.environ.get("BENCH_LATENCY") else None  # noqa: SIM115
+FILTER_KEEPS_ONE_IN = 10  # poller-filtered's filter keeps one kind of value of this many
 SENT_AT = "sent_at"  # header / attribute name that carries the producer's time.time_ns()
 
 
@@ -40,8 +41,6 @@ async def consumed(event: dict[str, Any], context: object) -> None:
     ``FILTER_KEEPS_ONE_IN``: counts each record handed over with those filtered out before it. The
     harness's fill makes every tenth record of a partition, counted from its last, the kept kind,
     so the record at offset ``o`` stands for ``min(10, o + 1)`` records, whichever process handles it."""
-    from bench.run import FILTER_KEEPS_ONE_IN
-
     consumed = sum(
         min(FILTER_KEEPS_ONE_IN, record["offset"] + 1)
         for records in event["records"].values()

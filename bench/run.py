@@ -68,7 +68,6 @@ POLLER_RUNTIMES: dict[str, str | None] = {
 # (bench.sources.kafka.fill_values), its handler counting every record consumed.
 FILTERED = "poller-filtered"
 FILTER_PATTERN = '{"value": {"kind": ["order"]}}'
-FILTER_KEEPS_ONE_IN = 10
 FILTERED_HANDLER = "bench.handlers:consumed"
 
 

@@ -18,7 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.run import FILTER_KEEPS_ONE_IN, FILTERED, Consumer, Measurement, measure
+from bench.handlers import FILTER_KEEPS_ONE_IN
+from bench.run import FILTERED, Consumer, Measurement, measure
 from bench.sources import SourceBench, Target, Workload
 
 log = logging.getLogger(__name__)
