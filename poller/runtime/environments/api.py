@@ -42,19 +42,25 @@ _ANSWER_PATH = re.compile(rf"{PREFIX}/invocation/(?P<id>[^/]+)/(?P<kind>response
 # 6 MiB and 100 bytes, as Lambda's interop.MaxPayloadSize.
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024 + 100
 ERROR_TYPE_HEADER = "lambda-runtime-function-error-type"
+# Poller's own header on ``/next``: the event was serialised by orjson, so its integers all fit in
+# 64 bits, and poller's Python runtime may parse it with orjson, which gives then exactly what
+# awslambdaric's simplejson gives, in a third of the time (``clients/bootstrap.py``). Other
+# runtimes ignore it.
+INT64_HEADER = "Poller-Event-Integers"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Invocation:
     """One invocation as ``GET /next`` hands it to the runtime."""
 
     request_id: str
     payload: bytes
-    deadline_ms: int  # epoch milliseconds
+    deadline_ms: int  # epoch milliseconds; the environment sets it when it hands the invocation over
     function_arn: str
     trace_id: str | None = None  # X-Ray header: Root=1-...;Parent=...;Sampled=...
     client_context: str | None = None  # JSON
     cognito_identity: str | None = None  # JSON
+    int64_only: bool = False  # serialised by orjson: no integer past 64 bits (INT64_HEADER)
 
     def headers(self) -> dict[str, str]:
         """The ``Lambda-Runtime-*`` headers; only those that have a value, as Lambda sends them."""
@@ -71,6 +77,8 @@ class Invocation:
         ):
             if value:
                 headers[name] = value
+        if self.int64_only:
+            headers[INT64_HEADER] = "64-bit"
         return headers
 
 

@@ -12,7 +12,6 @@ poller: failures come back as :class:`~poller.engine.outcome.InvocationError` va
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import logging
 import math
@@ -201,9 +200,7 @@ class Environment:
         self.output.platform(start_line(invocation.request_id))
         started = time.monotonic()
         # The deadline runs from the hand-over, not from the caller's wait for an environment.
-        invocation = dataclasses.replace(
-            invocation, deadline_ms=int((time.time() + self.spec.timeout) * 1000)
-        )
+        invocation.deadline_ms = int((time.time() + self.spec.timeout) * 1000)
         answer_future = api.submit(invocation)
         try:
             end = await self._watch((answer_future, process.exited), self.spec.timeout)

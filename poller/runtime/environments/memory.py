@@ -118,10 +118,14 @@ def _resident_pages(pid: int) -> int | None:
 
 
 def _high_water_kb(pid: int) -> int:
-    # Read once per invocation: one read and a search, not a Python loop over the file's lines.
+    # Read once per invocation: one read and a search, not a Python loop over the file's lines;
+    # and with os.read, since open() costs five more system calls and a buffered reader.
     try:
-        with open(f"/proc/{pid}/status", "rb") as file:
-            status = file.read()
+        descriptor = os.open(f"/proc/{pid}/status", os.O_RDONLY)
+        try:
+            status = os.read(descriptor, 16384)
+        finally:
+            os.close(descriptor)
         start = status.index(b"VmHWM:") + 6
         return int(status[start : status.index(b"kB", start)])
     except (OSError, ValueError):

@@ -9,17 +9,26 @@ is the loop asyncio gives the main thread (the one the module code got from
 asyncio costs a sync handler's cold start more than awslambdaric does. Everything else is
 awslambdaric's: the marshalling (``Decimal``, int keys), the error documents, the context object,
 the logging.
+
+Only how the bytes travel differs: awslambdaric's C extension fetches each event with curl, which
+reads it 16 KB at a time into buffers it grows and copies, and spends more CPU on a 150 KB event
+than the rest of the invocation does (docs/benchmarks.md). :class:`RuntimeApiConnection` does what
+that extension does (its ``next``, ``post_invocation_result`` and ``post_error``) over one
+kept-alive socket, with the same arguments, results and failures. And an event that poller marks
+as written by orjson (``Poller-Event-Integers: 64-bit``: no integer in it past 64 bits, the one
+place where orjson's parse differs from simplejson's) is parsed with orjson when it is installed.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import socket
 import sys
 import types
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 if TYPE_CHECKING:
     import asyncio
@@ -29,7 +38,7 @@ def main() -> None:
     # Run by path, Python put this directory first on sys.path: the function's modules come from
     # its task root instead, as on Lambda, and none of them may be shadowed by a file here.
     sys.path[0] = os.environ.get("LAMBDA_TASK_ROOT") or os.getcwd()
-    from awslambdaric import bootstrap
+    from awslambdaric import bootstrap, lambda_runtime_client
     from awslambdaric.lambda_runtime_client import LambdaRuntimeClient
 
     find_handler = bootstrap._get_handler
@@ -40,7 +49,129 @@ def main() -> None:
     # awslambdaric finds the handler with this function and reports its failures (ImportModuleError,
     # HandlerNotFound, ...) itself; only what it returns is wrapped.
     bootstrap._get_handler = get_handler
-    bootstrap.run(sys.argv[1], LambdaRuntimeClient(os.environ["AWS_LAMBDA_RUNTIME_API"]))
+    address = os.environ["AWS_LAMBDA_RUNTIME_API"]
+    user_agent = getattr(lambda_runtime_client, "_user_agent", lambda: "aws-lambda-python")()
+    # The module awslambdaric's client calls for next, response and error (its C extension).
+    connection = RuntimeApiConnection(address, user_agent)
+    lambda_runtime_client.runtime_client = connection
+    LambdaRuntimeClient.marshaller = _marshaller(LambdaRuntimeClient.marshaller, connection)
+    bootstrap.run(sys.argv[1], LambdaRuntimeClient(address))
+
+
+def _marshaller(marshaller: Any, connection: RuntimeApiConnection) -> Any:
+    """awslambdaric's ``marshaller`` (a class attribute of its client, there to be replaced), which
+    parses the events poller marks as int64-only with orjson."""
+    try:
+        import orjson
+    except ImportError:  # a python3.X from PATH with awslambdaric only
+        return marshaller
+
+    class Marshaller(type(marshaller)):  # type: ignore[misc]
+        def unmarshal_request(self, request: bytes, content_type: str = "application/json") -> Any:
+            if connection.int64_event and content_type == "application/json":
+                try:
+                    return orjson.loads(request)
+                except orjson.JSONDecodeError:
+                    pass  # then simplejson tells what is wrong with it, as it would have
+            return super().unmarshal_request(request, content_type)
+
+    return Marshaller()
+
+
+class RuntimeApiConnection:
+    """The Runtime API's three calls of an invocation, as awslambdaric's ``runtime_client`` makes
+    them, over one HTTP/1.1 connection kept alive (reopened if the API closed it).
+
+    The API is poller's own, which answers every request with a ``Content-Length``. As with the C
+    client, a failed call raises ``RuntimeError``, which ends awslambdaric's loop and the
+    environment: that is how an environment exits when poller goes away."""
+
+    def __init__(self, address: str, user_agent: str) -> None:
+        host, _, port = address.rpartition(":")
+        self._address = (host, int(port))
+        self._user_agent = user_agent.encode()
+        self._socket: socket.socket | None = None
+        self._reader: BinaryIO | None = None
+        self.int64_event = False  # the last event was marked Poller-Event-Integers: 64-bit
+
+    def next(self) -> tuple[bytes, dict[str, Any]]:
+        status, headers, body = self._request(b"GET", b"/2018-06-01/runtime/invocation/next")
+        request_id = headers.get("lambda-runtime-aws-request-id")
+        if not 200 <= status < 300 or not request_id:
+            raise RuntimeError("Failed to get next")
+        self.int64_event = headers.get("poller-event-integers") == "64-bit"
+        # The C client's dict: absent headers are None, the deadline an int (0 when absent).
+        return body, {
+            "Lambda-Runtime-Aws-Request-Id": request_id,
+            "Lambda-Runtime-Trace-Id": headers.get("lambda-runtime-trace-id") or None,
+            "Lambda-Runtime-Invoked-Function-Arn": headers.get("lambda-runtime-invoked-function-arn", ""),
+            "Lambda-Runtime-Deadline-Ms": int(headers.get("lambda-runtime-deadline-ms") or 0),
+            "Lambda-Runtime-Client-Context": headers.get("lambda-runtime-client-context") or None,
+            "Content-Type": headers.get("content-type") or None,
+            "Lambda-Runtime-Cognito-Identity": headers.get("lambda-runtime-cognito-identity") or None,
+            "Lambda-Runtime-Aws-Tenant-Id": headers.get("lambda-runtime-aws-tenant-id") or None,
+            "Lambda-Runtime-Invocation-Id": headers.get("lambda-runtime-invocation-id") or None,
+        }
+
+    def post_invocation_result(self, request_id: str, result: bytes, content_type: str, *_: Any) -> None:
+        path = b"/2018-06-01/runtime/invocation/%s/response" % request_id.encode()
+        if not 200 <= self._request(b"POST", path, result, content_type)[0] < 300:
+            raise RuntimeError("Failed to post invocation response")
+
+    def post_error(self, request_id: str, error: str, xray_fault: str, *_: Any) -> None:
+        # The X-Ray cause the C client sends as a header is left out: poller has no X-Ray to give it to.
+        path = b"/2018-06-01/runtime/invocation/%s/error" % request_id.encode()
+        if not 200 <= self._request(b"POST", path, error.encode(), "application/json")[0] < 300:
+            raise RuntimeError("Failed to post invocation error")
+
+    def _request(
+        self, method: bytes, path: bytes, body: bytes | None = None, content_type: str = ""
+    ) -> tuple[int, dict[str, str], bytes]:
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n" % (
+            method,
+            path,
+            self._address[0].encode(),
+            self._user_agent,
+        )
+        if body is not None:
+            head += b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type.encode(), len(body))
+        try:
+            if self._socket is None or self._reader is None:
+                self._socket, self._reader = self._connect()
+            self._socket.sendall(head + b"\r\n" + (body or b""))
+            return self._response(self._reader)
+        except (OSError, ValueError, IndexError) as exc:  # IndexError: a status line without a code
+            self.close()
+            raise RuntimeError(f"Runtime API request failed: {exc}") from exc
+
+    def _response(self, reader: BinaryIO) -> tuple[int, dict[str, str], bytes]:
+        status_line = reader.readline()
+        if not status_line:
+            raise ConnectionError("the Runtime API closed the connection")
+        status = int(status_line.split(b" ", 2)[1])
+        headers = {}
+        while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length") or 0)
+        body = reader.read(length)
+        if len(body) < length:
+            raise ConnectionError("the Runtime API closed the connection inside a response")
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers, body
+
+    def _connect(self) -> tuple[socket.socket, BinaryIO]:
+        connection = socket.create_connection(self._address)
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Buffered: the head is read a line at a time from memory, the body straight into its bytes.
+        return connection, cast(BinaryIO, connection.makefile("rb", buffering=65536))
+
+    def close(self) -> None:
+        for stream in (self._reader, self._socket):
+            if stream is not None:
+                stream.close()
+        self._socket = self._reader = None
 
 
 def _awaiting(handler: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
