@@ -18,7 +18,7 @@ import simplejson
 from test_environments import started
 
 from poller.runtime.environments.api import Invocation, Response, RuntimeApi
-from poller.runtime.environments.clients.bootstrap import RuntimeApiConnection
+from poller.runtime.environments.clients.bootstrap import ORJSON_FROM_BYTES, RuntimeApiConnection
 
 # What awslambdaric's C client returns and posts, run in a process of its own: it reads
 # AWS_LAMBDA_RUNTIME_API once, when the extension loads.
@@ -143,6 +143,7 @@ EVENTS = [
 
 @pytest.mark.parametrize("event", EVENTS, ids=["big-integers", "floats", "strings"])
 async def test_events_reach_the_handler_as_simplejson_parses_them(event: dict[str, Any]) -> None:
+    event = {**event, "pad": "p" * ORJSON_FROM_BYTES}  # large enough for orjson, where marked
     payload = simplejson.dumps(event).encode()
     async with started(handler="envfn.echo") as function:
         # As the Invoke API hands it over (raw bytes, unmarked), then as a mapping does (orjson,
@@ -150,8 +151,9 @@ async def test_events_reach_the_handler_as_simplejson_parses_them(event: dict[st
         answers = [await function.invoke_payload(payload)]
         if "big" not in event:
             answers.append(await function.invoke_payload(payload, int64_only=True))
-    for result in answers:
+    for marked, result in enumerate(answers):
         assert isinstance(result.answer, Response), result.answer
         echoed = simplejson.loads(result.answer.payload)
         assert echoed["event"] == simplejson.loads(payload)
         assert echoed["types"] == {key: type(value).__name__ for key, value in event.items()}
+        assert echoed["orjson"] == bool(marked)  # simplejson parsed the unmarked one

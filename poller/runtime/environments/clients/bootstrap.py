@@ -16,19 +16,23 @@ than the rest of the invocation does (docs/benchmarks.md). :class:`RuntimeApiCon
 that extension does (its ``next``, ``post_invocation_result`` and ``post_error``) over one
 kept-alive socket, with the same arguments, results and failures. And an event that poller marks
 as written by orjson (``Poller-Event-Integers: 64-bit``: no integer in it past 64 bits, the one
-place where orjson's parse differs from simplejson's) is parsed with orjson when it is installed.
+place where orjson's parse differs from simplejson's) is parsed with orjson when it is installed
+and the event is large enough to repay importing it.
+
+Both keep the init as short as awslambdaric's own: ``_socket`` rather than ``socket`` (whose
+import costs an init several milliseconds), and orjson imported at the first large event only.
 """
 
 from __future__ import annotations
 
+import _socket
 import inspect
 import os
-import socket
 import sys
 import types
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     import asyncio
@@ -58,21 +62,34 @@ def main() -> None:
     bootstrap.run(sys.argv[1], LambdaRuntimeClient(address))
 
 
+# Below this, simplejson's parse takes less than a tenth of a millisecond, and importing orjson
+# (with the modules it needs) about ten.
+ORJSON_FROM_BYTES = 32 * 1024
+
+
 def _marshaller(marshaller: Any, connection: RuntimeApiConnection) -> Any:
     """awslambdaric's ``marshaller`` (a class attribute of its client, there to be replaced), which
-    parses the events poller marks as int64-only with orjson."""
-    try:
-        import orjson
-    except ImportError:  # a python3.X from PATH with awslambdaric only
-        return marshaller
+    parses the large events poller marks as int64-only with orjson."""
+    orjson: Any = None
 
     class Marshaller(type(marshaller)):  # type: ignore[misc]
         def unmarshal_request(self, request: bytes, content_type: str = "application/json") -> Any:
-            if connection.int64_event and content_type == "application/json":
-                try:
-                    return orjson.loads(request)
-                except orjson.JSONDecodeError:
-                    pass  # then simplejson tells what is wrong with it, as it would have
+            nonlocal orjson
+            if (
+                connection.int64_event
+                and content_type == "application/json"
+                and len(request) >= ORJSON_FROM_BYTES
+            ):
+                if orjson is None:
+                    try:
+                        import orjson
+                    except ImportError:  # a python3.X from PATH with awslambdaric only
+                        orjson = False
+                if orjson:
+                    try:
+                        return orjson.loads(request)
+                    except orjson.JSONDecodeError:
+                        pass  # then simplejson tells what is wrong with it, as it would have
             return super().unmarshal_request(request, content_type)
 
     return Marshaller()
@@ -90,7 +107,7 @@ class RuntimeApiConnection:
         host, _, port = address.rpartition(":")
         self._address = (host, int(port))
         self._user_agent = user_agent.encode()
-        self._socket: socket.socket | None = None
+        self._connection: _socket.socket | None = None
         self._reader: BinaryIO | None = None
         self.int64_event = False  # the last event was marked Poller-Event-Integers: 64-bit
 
@@ -136,9 +153,9 @@ class RuntimeApiConnection:
         if body is not None:
             head += b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type.encode(), len(body))
         try:
-            if self._socket is None or self._reader is None:
-                self._socket, self._reader = self._connect()
-            self._socket.sendall(head + b"\r\n" + (body or b""))
+            if self._connection is None or self._reader is None:
+                self._connection, self._reader = self._connect()
+            self._connection.sendall(head + b"\r\n" + (body or b""))
             return self._response(self._reader)
         except (OSError, ValueError, IndexError) as exc:  # IndexError: a status line without a code
             self.close()
@@ -161,17 +178,23 @@ class RuntimeApiConnection:
             self.close()
         return status, headers, body
 
-    def _connect(self) -> tuple[socket.socket, BinaryIO]:
-        connection = socket.create_connection(self._address)
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # Buffered: the head is read a line at a time from memory, the body straight into its bytes.
-        return connection, cast(BinaryIO, connection.makefile("rb", buffering=65536))
+    def _connect(self) -> tuple[_socket.socket, BinaryIO]:
+        connection = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        try:
+            connection.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            connection.connect(self._address)
+        except OSError:
+            connection.close()
+            raise
+        # Buffered reads of the socket's descriptor: the head a line at a time from memory, the
+        # body straight into its bytes. The reader leaves the descriptor to the socket.
+        return connection, open(connection.fileno(), "rb", buffering=65536, closefd=False)
 
     def close(self) -> None:
-        for stream in (self._reader, self._socket):
+        for stream in (self._reader, self._connection):
             if stream is not None:
                 stream.close()
-        self._socket = self._reader = None
+        self._connection = self._reader = None
 
 
 def _awaiting(handler: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
