@@ -34,7 +34,6 @@ from poller.engine.filter_compile import (
     compile_branches,
     parse_text,
 )
-from poller.engine.records import Record
 
 __all__ = [
     "FILTER_FIELDS",
@@ -297,14 +296,6 @@ class FilterCriteria:
             # to build, and no plain-text rules to apply).
             return self.matches(payload[field.within] if field.within is not None else payload)
         return self.matches(self.view(payload, field))
-
-    def split(self, records: Sequence[Record], field: FilterField) -> tuple[list[Record], list[Record]]:
-        """The records that match, and those that match no pattern, each in their order."""
-        matched: list[Record] = []
-        unmatched: list[Record] = []
-        for record in records:
-            (matched if self.matches_record(record.payload, field) else unmatched).append(record)
-        return matched, unmatched
 
     def __len__(self) -> int:
         return len(self.patterns)

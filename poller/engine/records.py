@@ -36,6 +36,9 @@ class Record:
     # Records of one group (an SQS FIFO MessageGroupId) are processed in order even by a queue
     # source: once one is handed back to the broker, the later ones of its batch go back with it.
     group: str | None = None
+    # Matched none of the mapping's filters (set as it is polled): it rides in its batch to be
+    # committed uninvoked, and counts for neither the batch size nor the payload limit.
+    filtered: bool = False
 
 
 @dataclass(slots=True, eq=False)

@@ -138,10 +138,13 @@ class BatchProcessor:
         return True
 
     async def _filter(self, batch: Batch, lane: Lane, span: BatchSpan) -> Batch | None:
-        """Commit, uninvoked, the records that match no filter (SPEC section 14); return the batch
-        of those that do, if any. Only a batch as it was polled is filtered: its retries and halves
-        hold records that matched."""
-        matched, unmatched = self.filters.split(batch.records, self.source.format.filter_field)
+        """Commit, uninvoked, the records that match no filter (SPEC section 14; the runner marked
+        them as they were polled); return the batch of those that do, if any. Only a batch as it
+        was polled is filtered: its retries and halves hold records that matched."""
+        matched = [record for record in batch.records if not record.filtered]
+        if len(matched) == len(batch.records):
+            return batch
+        unmatched = [record for record in batch.records if record.filtered]
         if not unmatched:
             return batch
         self.counts.filtered += len(unmatched)

@@ -255,13 +255,27 @@ class MappingRunner:
             lane = self._lanes.get(name) or self._open_lane(name, first.partition)
             if lane.tracker is not None:
                 lane.tracker.track(mine)
-            lane.batcher.extend(mine, now)
+            lane.batcher.extend(mine, now, filtered=self._mark_filtered(mine))
             lane.wake()
             if not lane.paused and len(lane.batcher) >= self._high_water:
                 lane.paused = True
                 full.append(lane)
         if full and isinstance(self.source, Pausable):
             self.source.pause([lane.name for lane in full])
+
+    def _mark_filtered(self, records: list[Record]) -> int:
+        """Mark the records that match none of the mapping's filters (SPEC section 14); how many.
+        Marked as they are polled, so that batches are made of records that match (the others
+        ride along to be committed uninvoked by the processor)."""
+        filters = self.processor.filters
+        if not filters:
+            return 0
+        field, count = self.source.format.filter_field, 0
+        for record in records:
+            if not filters.matches_record(record.payload, field):
+                record.filtered = True
+                count += 1
+        return count
 
     def _open_lane(self, name: str, partition: str) -> Lane:
         tracker = None
@@ -273,6 +287,7 @@ class MappingRunner:
             batch_size=self.mapping.effective_batch_size,
             window=self.mapping.effective_batching_window,
             max_bytes=MAX_PAYLOAD_BYTES,
+            max_records=self._high_water,  # with filtered records; the lane pauses at this many
         )
         lane = self._lanes[name] = Lane(name, partition, batcher, tracker)
         assert self._group is not None

@@ -85,6 +85,34 @@ def test_oversized_record_is_a_batch_of_its_own() -> None:
     assert [r.position for r in batcher.take()] == [1]
 
 
+def filtered(position: int, size: int = 10) -> Record:
+    record = rec(position, size=size)
+    record.filtered = True
+    return record
+
+
+def test_filtered_records_ride_in_a_batch_without_counting_for_its_size_or_limit() -> None:
+    batcher = Batcher(batch_size=2, window=10, max_bytes=100, max_records=50)
+    batcher.extend([filtered(0, size=90), rec(1, size=40), filtered(2), filtered(3)], now=0, filtered=3)
+    assert not batcher.ready(0)  # one record that counts, of two
+    batcher.extend([rec(4, size=40), filtered(5), rec(6), rec(7)], now=0, filtered=1)
+    assert batcher.ready(0)
+    # Two records that count (80 bytes of the limit), the filtered ones before and between them.
+    assert [r.position for r in batcher.take()] == [0, 1, 2, 3, 4, 5]
+    assert [r.position for r in batcher.take()] == [6, 7]
+    assert len(batcher) == 0
+
+
+def test_a_lane_of_filtered_records_makes_batches_of_max_records() -> None:
+    batcher = Batcher(batch_size=3, window=10, max_bytes=1000, max_records=4)
+    batcher.extend([filtered(i) for i in range(6)], now=0, filtered=6)
+    assert batcher.ready(0)  # none counts, but max_records wait: before the lane would pause
+    assert [r.position for r in batcher.take()] == [0, 1, 2, 3]
+    assert not batcher.ready(9.9)
+    assert batcher.ready(10)  # the rest at the window's end
+    assert [r.position for r in batcher.take()] == [4, 5]
+
+
 def test_zero_window_is_ready_at_once() -> None:
     batcher = Batcher(batch_size=100, window=0, max_bytes=1000)
     batcher.extend([rec(0)], now=5)

@@ -366,6 +366,28 @@ async def test_records_that_match_no_filter_are_committed_uninvoked() -> None:
     assert filtered == {"t-0": 5, "t-1": 3}
 
 
+async def test_a_filter_that_drops_most_records_saves_as_many_invocations() -> None:
+    seen: list[list[int]] = []
+
+    async def record(event: dict[str, Any]) -> None:
+        seen.append(values(event))
+
+    behave(record)
+    source = MemoryStream()
+    source.put("t-0", *({"v": i} for i in range(100)))
+    runner = make_runner(
+        source,
+        batch_size=5,
+        maximum_batching_window_in_seconds=5,
+        filter_criteria={"filter": [{"pattern": '{"v": [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]}'}]},
+    )
+    async with running(runner):
+        await wait_for(lambda: source.committed_position("t-0") == 100, timeout=2, message="t-0 committed")
+    # Batches are made of matching records: the 90 others ride along to be committed, uninvoked.
+    assert seen == [[0, 10, 20, 30, 40], [50, 60, 70, 80, 90]]
+    assert runner.status.counts.filtered == 90
+
+
 async def test_log_lines_about_a_batch_carry_the_mapping_batch_and_trace_ids(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
