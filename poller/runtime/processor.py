@@ -145,8 +145,6 @@ class BatchProcessor:
         if len(matched) == len(batch.records):
             return batch
         unmatched = [record for record in batch.records if record.filtered]
-        if not unmatched:
-            return batch
         self.counts.filtered += len(unmatched)
         span.filtered(len(unmatched))
         await self.complete(unmatched, lane)

@@ -10,14 +10,14 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import simplejson
 from test_environments import started
+from test_runtime_api import invocation
 
-from poller.runtime.environments.api import Invocation, Response, RuntimeApi
+from poller.runtime.environments.api import Response, RuntimeApi
 from poller.runtime.environments.clients.bootstrap import ORJSON_FROM_BYTES, RuntimeApiConnection
 
 # What awslambdaric's C client returns and posts, run in a process of its own: it reads
@@ -34,26 +34,6 @@ C_CLIENT = textwrap.dedent(
     print(json.dumps([body.decode(), headers]))
     """
 )
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[RuntimeApi]:
-    server = RuntimeApi()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-def invocation(request_id: str, **fields: Any) -> Invocation:
-    return Invocation(
-        request_id=request_id,
-        payload=b'{"hello": "world"}',
-        deadline_ms=1_700_000_000_000,
-        function_arn="arn:aws:lambda:us-east-1:000000000000:function:fn",
-        **fields,
-    )
 
 
 async def c_client(api: RuntimeApi, answer: str) -> tuple[str, dict[str, Any]]:

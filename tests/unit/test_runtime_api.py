@@ -22,16 +22,6 @@ BASE = "/2018-06-01/runtime"
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[RuntimeApi]:
-    server = RuntimeApi()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-@pytest.fixture
 async def http(api: RuntimeApi) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(f"http://{api.address}") as session:
         yield session
