@@ -70,37 +70,21 @@ class Batcher:
         """Remove and return the next batch: at most batch_size records and max_bytes (never empty
         while records wait: a record larger than max_bytes on its own is a batch of one), not
         counting filtered ones, and at most max_records in all."""
-        if self._kept < len(self._records):
-            return self._take_with_filtered()
-        count = min(len(self._records), self.batch_size)
-        if self._bytes <= self.max_bytes:
-            # Everything waiting fits: no need to add the sizes up one by one.
+        if self._kept == len(self._records) and self._bytes <= self.max_bytes:
+            # Nothing filtered and everything waiting fits: one slice, no sizes added one by one.
+            count = kept = min(len(self._records), self.batch_size)
             records = self._records[:count]
             size = self._bytes if count == len(self._records) else sum(map(_size, records))
         else:
-            size = 0
-            for index, record in enumerate(self._records[:count]):
-                if index and size + record.size > self.max_bytes:
-                    count = index
-                    break
-                size += record.size
+            kept = size = count = 0
+            for record in self._records[: self.max_records]:
+                if not record.filtered:
+                    if kept == self.batch_size or (kept and size + record.size > self.max_bytes):
+                        break
+                    kept += 1
+                    size += record.size
+                count += 1
             records = self._records[:count]
-        del self._records[:count]
-        del self._arrivals[:count]
-        self._bytes -= size
-        self._kept -= count
-        return records
-
-    def _take_with_filtered(self) -> list[Record]:
-        kept = size = count = 0
-        for record in self._records[: self.max_records]:
-            if not record.filtered:
-                if kept == self.batch_size or (kept and size + record.size > self.max_bytes):
-                    break
-                kept += 1
-                size += record.size
-            count += 1
-        records = self._records[:count]
         del self._records[:count]
         del self._arrivals[:count]
         self._bytes -= size
