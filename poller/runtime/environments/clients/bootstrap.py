@@ -19,8 +19,8 @@ as written by orjson (``Poller-Event-Integers: 64-bit``: no integer in it past 6
 place where orjson's parse differs from simplejson's) is parsed with orjson when it is installed
 and the event is large enough to repay importing it.
 
-Both keep the init as short as awslambdaric's own: ``_socket`` rather than ``socket`` (whose
-import costs an init several milliseconds), and orjson imported at the first large event only.
+Neither lengthens the init by an import: ``_socket`` rather than ``socket`` (whose import costs
+several milliseconds), and orjson imported at the first large event only.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ class RuntimeApiConnection:
         request_id = headers.get("lambda-runtime-aws-request-id")
         if not 200 <= status < 300 or not request_id:
             raise RuntimeError("Failed to get next")
+        # poller's INT64_HEADER (environments/api.py; this file imports nothing of poller).
         self.int64_event = headers.get("poller-event-integers") == "64-bit"
         # The C client's dict: absent headers are None, the deadline an int (0 when absent).
         return body, {
