@@ -27,10 +27,10 @@ async def http(api: RuntimeApi) -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def invocation(request_id: str = "r-1", **fields: str) -> Invocation:
+def invocation(request_id: str = "r-1", payload: bytes = b'{"hello": "world"}', **fields: str) -> Invocation:
     return Invocation(
         request_id=request_id,
-        payload=b'{"hello": "world"}',
+        payload=payload,
         deadline_ms=1_700_000_000_000,
         function_arn="arn:aws:lambda:us-east-1:000000000000:function:fn",
         **fields,

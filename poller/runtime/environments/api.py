@@ -32,6 +32,7 @@ import httptools
 import orjson
 
 from poller.engine.outcome import InvocationError
+from poller.runtime.environments.event_memory import MEMORY_HEADER, EventMemory
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,10 @@ Answer = Response | InvocationError
 class RuntimeApi:
     """The Runtime API of one environment. Start it, put its :attr:`address` into the environment's
     ``AWS_LAMBDA_RUNTIME_API``, then wait on :attr:`initialised` (the runtime's first ``/next``: its
-    init is over) or :attr:`init_failed` (it posted ``/init/error``)."""
+    init is over) or :attr:`init_failed` (it posted ``/init/error``). With ``memory``, a runtime
+    that asks for it gets its events through that memory file (``event_memory.py``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory: EventMemory | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.initialised: asyncio.Future[None] = loop.create_future()
         self.init_failed: asyncio.Future[InvocationError] = loop.create_future()
@@ -113,6 +115,8 @@ class RuntimeApi:
         self._connections: set[_Connection] = set()
         self._closing = False
         self._server: asyncio.Server | None = None
+        self._memory = memory
+        self._reads_memory = False  # the runtime asked for its events in the memory file
 
     async def start(self, host: str = "127.0.0.1") -> str:
         """Listen on a free loopback port; return ``host:port``."""
@@ -148,6 +152,8 @@ class RuntimeApi:
         """Forget the current invocation, answered or not (its environment timed out or failed):
         a late answer to it gets 400 InvalidRequestID."""
         self._pending = self._current = None
+        if self._memory is not None:
+            self._memory.trim()
         if self._answer is not None and not self._answer.done():
             self._answer.cancel()
         self._answer = None
@@ -164,7 +170,10 @@ class RuntimeApi:
         reply is written when work comes, or when the API closes)."""
         path, method = request.path, request.method
         if path == NEXT_PATH:
-            return self._next(connection) if method == b"GET" else _status(405, "MethodNotAllowed")
+            if method != b"GET":
+                return _status(405, "MethodNotAllowed")
+            self._reads_memory = self._memory is not None and request.headers.get(_MEMORY) == "1"
+            return self._next(connection)
         if path == INIT_ERROR_PATH:
             return self._init_error(request) if method == b"POST" else _status(405, "MethodNotAllowed")
         match = _ANSWER_PATH.fullmatch(path)
@@ -212,7 +221,12 @@ class RuntimeApi:
         invocation = self._pending
         assert invocation is not None
         self._pending, self._current = None, invocation
-        return _Reply(200, invocation.payload, invocation.headers())
+        payload, headers = invocation.payload, invocation.headers()
+        if self._reads_memory and self._memory is not None and self._memory.holds(payload):
+            self._memory.write(payload)
+            headers[MEMORY_HEADER] = str(len(payload))
+            payload = b""
+        return _Reply(200, payload, headers)
 
     def _response(self, request: _Request, request_id: str) -> _Reply:
         answer = self._answerable(request_id)
@@ -262,7 +276,8 @@ class RuntimeApi:
 
 
 # The request headers the API reads (names in lower case); the others are not kept.
-_READ_HEADERS = frozenset({b"content-type", b"expect", ERROR_TYPE_HEADER.encode()})
+_MEMORY = MEMORY_HEADER.lower()
+_READ_HEADERS = frozenset({b"content-type", b"expect", ERROR_TYPE_HEADER.encode(), _MEMORY.encode()})
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from poller.engine.outcome import InvocationError
 from poller.runtime.environments.api import Answer, Invocation, RuntimeApi
+from poller.runtime.environments.event_memory import FD_VARIABLE, EventMemory
 from poller.runtime.environments.logs import (
     EnvironmentOutput,
     InvocationLog,
@@ -107,6 +108,7 @@ class Environment:
         self.log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
         self._on_death = on_death
         self._api: RuntimeApi | None = None
+        self._events: EventMemory | None = None  # the memory file its events travel in, if any
         self._process: EnvironmentProcess | None = None
         self._memory: ProcessGroupMemory | None = None
         self._limit = spec.memory_size * MB
@@ -147,8 +149,9 @@ class Environment:
         return error
 
     async def _start(self) -> InvocationError | None:
-        api = self._api = RuntimeApi()
         spec = self.spec
+        events = self._events = EventMemory.create() if spec.launch.event_memory else None
+        api = self._api = RuntimeApi(events)
         try:
             address = await api.start()
         except OSError as exc:
@@ -164,9 +167,15 @@ class Environment:
             initialization_type="provisioned-concurrency" if self.provisioned else "on-demand",
             log_stream_name=self.log_stream_name,
         )
+        if events is not None:
+            env[FD_VARIABLE] = str(events.fd)
         try:
             process = self._process = EnvironmentProcess.spawn(
-                spec.launch.argv, env=env, cwd=str(spec.launch.task_root), on_output=self.output.feed
+                spec.launch.argv,
+                env=env,
+                cwd=str(spec.launch.task_root),
+                on_output=self.output.feed,
+                pass_fds=(events.fd,) if events is not None else (),
             )
         except OSError as exc:
             return InvocationError(
@@ -278,6 +287,8 @@ class Environment:
         self.output.flush()
         if self._api is not None:
             await self._api.close()
+        if self._events is not None:
+            self._events.close()
 
     async def _discard(self) -> None:
         self.kill()

@@ -61,11 +61,12 @@ class EnvironmentProcess:
         env: Mapping[str, str],
         cwd: str,
         on_output: Callable[[bytes], None],
+        pass_fds: Sequence[int] = (),
     ) -> EnvironmentProcess:
         """Start ``argv`` as a new session (its own process group) whose stdout and stderr go, in
         the order they were written, to ``on_output``. Call it from the event loop's thread: the
         parent-death signal is armed for the thread that forks. Raises OSError when the program
-        cannot be started (missing, not executable)."""
+        cannot be started (missing, not executable). ``pass_fds``: descriptors it inherits."""
         read_end, write_end = os.pipe()
         try:
             popen = subprocess.Popen(
@@ -78,6 +79,7 @@ class EnvironmentProcess:
                 start_new_session=True,
                 preexec_fn=die_with(os.getpid()),  # only a prctl call and a getppid
                 close_fds=True,
+                pass_fds=tuple(pass_fds),
             )
         except BaseException:
             os.close(read_end)

@@ -51,6 +51,7 @@ class Launch:
     task_root: Path  # LAMBDA_TASK_ROOT and the working directory
     runtime_dir: Path  # LAMBDA_RUNTIME_DIR
     execution_env: str | None  # AWS_EXECUTION_ENV; Lambda sets none for custom runtimes
+    event_memory: bool = False  # its client reads events from shared memory (event_memory.py)
 
 
 def task_root(code: str | None) -> Path:
@@ -68,7 +69,12 @@ def launch_of(runtime: str, handler: str, code: str | None) -> Launch:
         # module:function.
         dotted = handler.replace(":", ".") if ":" in handler else handler
         return Launch(
-            (interpreter, str(PYTHON_BOOTSTRAP), dotted), dotted, root, CLIENTS, f"AWS_Lambda_{runtime}"
+            (interpreter, str(PYTHON_BOOTSTRAP), dotted),
+            dotted,
+            root,
+            CLIENTS,
+            f"AWS_Lambda_{runtime}",
+            event_memory=True,
         )
     if runtime.startswith("nodejs"):
         node = shutil.which("node")

@@ -14,7 +14,10 @@ Only how the bytes travel differs: awslambdaric's C extension fetches each event
 reads it 16 KB at a time into buffers it grows and copies, and spends more CPU on a 150 KB event
 than the rest of the invocation does (docs/benchmarks.md). :class:`RuntimeApiConnection` does what
 that extension does (its ``next``, ``post_invocation_result`` and ``post_error``) over one
-kept-alive socket, with the same arguments, results and failures. And an event that poller marks
+kept-alive socket, with the same arguments, results and failures, and takes each event from the
+memory file poller writes it into rather than from the socket, when poller gave the environment
+one (poller's ``environments/event_memory.py``: the kernel's copies of a 150 KB event through
+loopback TCP cost both processes more than the event's parse). And an event that poller marks
 as written by orjson (``Poller-Event-Integers: 64-bit``: no integer in it past 64 bits, the one
 place where orjson's parse differs from simplejson's) is parsed with orjson when it is installed
 and the event is large enough to repay importing it.
@@ -56,7 +59,7 @@ def main() -> None:
     address = os.environ["AWS_LAMBDA_RUNTIME_API"]
     user_agent = getattr(lambda_runtime_client, "_user_agent", lambda: "aws-lambda-python")()
     # The module awslambdaric's client calls for next, response and error (its C extension).
-    connection = RuntimeApiConnection(address, user_agent)
+    connection = RuntimeApiConnection(address, user_agent, _event_memory())
     lambda_runtime_client.runtime_client = connection
     LambdaRuntimeClient.marshaller = _marshaller(LambdaRuntimeClient.marshaller, connection)
     bootstrap.run(sys.argv[1], LambdaRuntimeClient(address))
@@ -95,6 +98,23 @@ def _marshaller(marshaller: Any, connection: RuntimeApiConnection) -> Any:
     return Marshaller()
 
 
+def _event_memory() -> Any:
+    """The memory file poller writes this environment's events into, mapped read-only, or None.
+    Its variable is gone and its descriptor closed before the function's code runs (the mapping
+    keeps a duplicate of its own, which no process the handler starts inherits)."""
+    fd = os.environ.pop("_POLLER_EVENT_MEMORY_FD", None)  # event_memory.FD_VARIABLE
+    if fd is None or not fd.isdigit():
+        return None
+    import mmap
+
+    try:
+        return mmap.mmap(int(fd), 0, prot=mmap.PROT_READ)
+    except (OSError, ValueError):
+        return None  # then the events come in the body
+    finally:
+        os.close(int(fd))
+
+
 class RuntimeApiConnection:
     """The Runtime API's three calls of an invocation, as awslambdaric's ``runtime_client`` makes
     them, over one HTTP/1.1 connection kept alive (reopened if the API closed it).
@@ -103,19 +123,27 @@ class RuntimeApiConnection:
     client, a failed call raises ``RuntimeError``, which ends awslambdaric's loop and the
     environment: that is how an environment exits when poller goes away."""
 
-    def __init__(self, address: str, user_agent: str) -> None:
+    def __init__(self, address: str, user_agent: str, memory: Any = None) -> None:
         host, _, port = address.rpartition(":")
         self._address = (host, int(port))
         self._user_agent = user_agent.encode()
         self._connection: _socket.socket | None = None
         self._reader: BinaryIO | None = None
         self.int64_event = False  # the last event was marked Poller-Event-Integers: 64-bit
+        self._memory = memory  # an mmap of the memory file, or None (see _event_memory)
+        # poller's MEMORY_HEADER (environments/event_memory.py): events in the memory file, please.
+        self._next_headers = b"Poller-Event-Memory: 1\r\n" if memory is not None else b""
 
     def next(self) -> tuple[bytes, dict[str, Any]]:
-        status, headers, body = self._request(b"GET", b"/2018-06-01/runtime/invocation/next")
+        status, headers, body = self._request(
+            b"GET", b"/2018-06-01/runtime/invocation/next", headers=self._next_headers
+        )
         request_id = headers.get("lambda-runtime-aws-request-id")
         if not 200 <= status < 300 or not request_id:
             raise RuntimeError("Failed to get next")
+        in_memory = headers.get("poller-event-memory")
+        if in_memory is not None and self._memory is not None:
+            body = self._memory[: int(in_memory)]  # a copy: poller writes the next event there
         # poller's INT64_HEADER (environments/api.py; this file imports nothing of poller).
         self.int64_event = headers.get("poller-event-integers") == "64-bit"
         # The C client's dict: absent headers are None, the deadline an int (0 when absent).
@@ -143,13 +171,19 @@ class RuntimeApiConnection:
             raise RuntimeError("Failed to post invocation error")
 
     def _request(
-        self, method: bytes, path: bytes, body: bytes | None = None, content_type: str = ""
+        self,
+        method: bytes,
+        path: bytes,
+        body: bytes | None = None,
+        content_type: str = "",
+        headers: bytes = b"",
     ) -> tuple[int, dict[str, str], bytes]:
-        head = b"%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n" % (
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n%s" % (
             method,
             path,
             self._address[0].encode(),
             self._user_agent,
+            headers,
         )
         if body is not None:
             head += b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type.encode(), len(body))
