@@ -93,7 +93,7 @@ def configure_logging(log_format: Literal["json", "text"] = "json", level: str =
     # it: the logging HOWTO's "Optimization" switches leave them out of every record (an
     # environment logs three lines per invocation, START, END and REPORT, a busy mapping
     # thousands a second).
-    logging._srcfile = None  # type: ignore[attr-defined]  # the documented way to skip findCaller
+    logging._srcfile = None  # the documented way to skip findCaller
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())

@@ -112,6 +112,37 @@ async def test_a_closed_api_fails_the_call_as_the_c_client_does(api: RuntimeApi)
     connection.close()
 
 
+async def test_a_refused_answer_fails_the_next_call_as_the_c_client_s_post_would(api: RuntimeApi) -> None:
+    """The connection sends an answer without waiting for its status (the next request reads it):
+    an answer the API refuses still ends awslambdaric's loop, one call later."""
+    connection = RuntimeApiConnection(api.address, "test")
+    try:
+        api.submit(invocation("r-1"))
+        await asyncio.to_thread(connection.next)
+        connection.post_invocation_result("not-r-1", b"{}", "application/json")  # 400 InvalidRequestID
+        with pytest.raises(RuntimeError, match="Failed to post invocation response"):
+            await asyncio.to_thread(connection.next)
+    finally:
+        connection.close()
+
+
+async def test_answers_posted_without_waiting_are_taken_and_the_next_invocations_follow(
+    api: RuntimeApi,
+) -> None:
+    connection = RuntimeApiConnection(api.address, "test")
+    try:
+        for request_id in ("r-1", "r-2"):
+            answer = api.submit(invocation(request_id))
+            body, headers = await asyncio.to_thread(connection.next)
+            assert (body, headers["Lambda-Runtime-Aws-Request-Id"]) == (b'{"hello": "world"}', request_id)
+            connection.post_error(request_id, '{"errorType": "E", "errorMessage": "m"}', "{}")
+            failed = await asyncio.wait_for(answer, 10)
+            assert (failed.error_type, failed.message) == ("E", "m")
+            api.finish()
+    finally:
+        connection.close()
+
+
 EVENTS = [
     # Integers at and past 64 bits, which orjson would make floats of: such an event is never
     # marked, so simplejson parses it.

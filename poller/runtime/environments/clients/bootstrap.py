@@ -14,7 +14,8 @@ Only how the bytes travel differs: awslambdaric's C extension fetches each event
 reads it 16 KB at a time into buffers it grows and copies, and spends more CPU on a 150 KB event
 than the rest of the invocation does (docs/benchmarks.md). :class:`RuntimeApiConnection` does what
 that extension does (its ``next``, ``post_invocation_result`` and ``post_error``) over one
-kept-alive socket, with the same arguments, results and failures, and takes each event from the
+kept-alive socket, with the same arguments, results and failures (an answer's status is read with
+the next request, which follows it without a wait), and takes each event from the
 memory file poller writes it into rather than from the socket, when poller gave the environment
 one (poller's ``environments/event_memory.py``: the kernel's copies of a 150 KB event through
 loopback TCP cost both processes more than the event's parse). And an event that poller marks
@@ -22,8 +23,9 @@ as written by orjson (``Poller-Event-Integers: 64-bit``: no integer in it past 6
 place where orjson's parse differs from simplejson's) is parsed with orjson when it is installed
 and the event is large enough to repay importing it.
 
-Neither lengthens the init by an import: ``_socket`` rather than ``socket`` (whose import costs
-several milliseconds), and orjson imported at the first large event only.
+None of it lengthens the init by more than an import of ``mmap`` (about 0.4 ms): ``_socket``
+rather than ``socket`` (whose import costs several milliseconds), and orjson imported at the first
+large event only.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class RuntimeApiConnection:
         self._memory = memory  # an mmap of the memory file, or None (see _event_memory)
         # poller's MEMORY_HEADER (environments/event_memory.py): events in the memory file, please.
         self._next_headers = b"Poller-Event-Memory: 1\r\n" if memory is not None else b""
+        self._unanswered: str | None = None  # a posted answer whose status is unread: the failure to raise
 
     def next(self) -> tuple[bytes, dict[str, Any]]:
         status, headers, body = self._request(
@@ -161,23 +164,44 @@ class RuntimeApiConnection:
 
     def post_invocation_result(self, request_id: str, result: bytes, content_type: str, *_: Any) -> None:
         path = b"/2018-06-01/runtime/invocation/%s/response" % request_id.encode()
-        if not 200 <= self._request(b"POST", path, result, content_type)[0] < 300:
-            raise RuntimeError("Failed to post invocation response")
+        self._post(path, result, content_type, "Failed to post invocation response")
 
     def post_error(self, request_id: str, error: str, xray_fault: str, *_: Any) -> None:
         # The X-Ray cause the C client sends as a header is left out: poller has no X-Ray to give it to.
         path = b"/2018-06-01/runtime/invocation/%s/error" % request_id.encode()
-        if not 200 <= self._request(b"POST", path, error.encode(), "application/json")[0] < 300:
-            raise RuntimeError("Failed to post invocation error")
+        self._post(path, error.encode(), "application/json", "Failed to post invocation error")
 
-    def _request(
+    def _post(self, path: bytes, body: bytes, content_type: str, failure: str) -> None:
+        """Send an answer without waiting for its status: the next request reads it first, and
+        fails as the C client's post would have if the API refused the answer. awslambdaric asks
+        for the next invocation as soon as it has answered one, so the answer and the ``GET
+        /next`` reach poller together, a round trip between the two processes fewer. (poller's
+        API never closes a keep-alive connection after an answer, so the request sent behind
+        one is not lost.)"""
+        self._send(b"POST", path, body, content_type)
+        self._unanswered = failure
+
+    def _request(self, method: bytes, path: bytes, headers: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        reader = self._send(method, path, headers=headers)
+        failure, self._unanswered = self._unanswered, None
+        try:
+            if failure is not None and not 200 <= self._response(reader)[0] < 300:
+                self.close()
+                raise RuntimeError(failure)
+            return self._response(reader)
+        except (OSError, ValueError, IndexError) as exc:  # IndexError: a status line without a code
+            self.close()
+            raise RuntimeError(f"Runtime API request failed: {exc}") from exc
+
+    def _send(
         self,
         method: bytes,
         path: bytes,
         body: bytes | None = None,
         content_type: str = "",
         headers: bytes = b"",
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> BinaryIO:
+        """Send a request (on a new connection if there is none); return the reader of its answer."""
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n%s" % (
             method,
             path,
@@ -190,11 +214,12 @@ class RuntimeApiConnection:
         try:
             if self._connection is None or self._reader is None:
                 self._connection, self._reader = self._connect()
+                self._unanswered = None  # its answer went with the old connection
             self._connection.sendall(head + b"\r\n" + (body or b""))
-            return self._response(self._reader)
-        except (OSError, ValueError, IndexError) as exc:  # IndexError: a status line without a code
+        except OSError as exc:
             self.close()
             raise RuntimeError(f"Runtime API request failed: {exc}") from exc
+        return self._reader
 
     def _response(self, reader: BinaryIO) -> tuple[int, dict[str, str], bytes]:
         status_line = reader.readline()
