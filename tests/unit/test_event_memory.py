@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import mmap
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
+from test_environments import started
 from test_runtime_api import BASE, invocation
 
+from poller.engine.outcome import InvocationError
 from poller.runtime.environments.api import Response, RuntimeApi
 from poller.runtime.environments.clients.bootstrap import RuntimeApiConnection
 from poller.runtime.environments.event_memory import KEPT_BYTES, MEMORY_HEADER, SIZE, EventMemory
@@ -111,3 +114,29 @@ async def test_poller_s_python_client_reads_events_from_the_file(
                 api.finish()
         finally:
             connection.close()
+
+
+def memory_files() -> list[str]:
+    """The memory files this process (poller, in the tests) holds open."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor that listed the directory
+            continue
+        if target.startswith("/memfd:poller-event"):
+            names.append(target)
+    return names
+
+
+async def test_an_environment_s_memory_file_is_closed_with_it_however_it_ends() -> None:
+    before = memory_files()
+    async with started(handler="envfn.describe") as function:
+        await function.invoke({})
+        assert len(memory_files()) == len(before) + 1, "one file per environment"
+    assert memory_files() == before, "closed when the function stopped"
+    async with started(handler="envfn.too_large") as function:
+        failed = await function.invoke({})  # a 413: the environment is reset at once
+        assert isinstance(failed, InvocationError)
+        assert failed.error_type == "Function.ResponseSizeTooLarge"
+        assert memory_files() == before, "closed when its environment was discarded"

@@ -181,6 +181,9 @@ class Environment:
             return InvocationError(
                 "Runtime.InvalidEntrypoint", f"cannot start {spec.launch.argv[0]}: {exc.strerror or exc}"
             )
+        finally:
+            if events is not None:
+                events.close_descriptor()
         self._memory = ProcessGroupMemory(process.pid)
         process.exited.add_done_callback(self._exited)
         end = await self._watch((api.initialised, api.init_failed, process.exited), INIT_TIMEOUT)

@@ -69,7 +69,14 @@ class EventMemory:
             self._map.madvise(mmap.MADV_REMOVE, KEPT_BYTES, SIZE - KEPT_BYTES)
         self._written = 0
 
+    def close_descriptor(self) -> None:
+        """Close poller's descriptor of the file once the environment has inherited it: the
+        mapping keeps a duplicate of its own, and one descriptor per environment is enough."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def close(self) -> None:
         if not self._map.closed:
             self._map.close()
-            os.close(self.fd)
+        self.close_descriptor()
