@@ -130,8 +130,9 @@ def _invalid(reason: str) -> Failed:
 
 
 def decode_response(payload: bytes | None) -> Any:
-    """A function's response as a value: JSON (also as Python's runtime writes it: ``NaN``,
-    integers past 64 bits, which orjson refuses), else the text itself."""
+    """A function's response as a value: JSON (also as Python's runtime writes it: ``NaN`` and
+    ``Infinity``, which orjson refuses, through the json module), else the text itself. An
+    integer past 64 bits comes out as orjson parses it, a float."""
     if not payload:
         return None
     try:
