@@ -60,6 +60,20 @@ def unique_name(prefix: str = "test") -> str:
     return f"{cleaned[:64]}-{uuid.uuid4().hex}"
 
 
+def open_files(pattern: str) -> list[str]:
+    """What this process's open descriptors refer to, where that matches the regular expression
+    ``pattern`` (as ``/proc/self/fd`` shows it: a path, or ``/memfd:NAME (deleted)``)."""
+    found = []
+    for descriptor in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{descriptor}")
+        except OSError:  # the descriptor that listed the directory
+            continue
+        if re.match(pattern, target):
+            found.append(target)
+    return sorted(found)
+
+
 @overload
 async def wait_for(
     predicate: Callable[[], Awaitable[T]],

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from support import wait_for
+from support import open_files, wait_for
 
 from poller.runtime.environments import memory
 from poller.runtime.environments.memory import MB, ProcessGroupMemory, descendants
@@ -72,3 +72,34 @@ def test_an_ended_leader_has_no_descendants() -> None:
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
     assert descendants(finished.pid) is None
+
+
+STATUS_FILES = r"/proc/\d+/status$"
+
+
+@pytest.mark.usefixtures("every_look_rescans")
+async def test_the_status_files_kept_for_high_water_marks_are_closed_with_their_processes() -> None:
+    before = set(open_files(STATUS_FILES))
+    with process_tree() as leader:
+        group = ProcessGroupMemory(leader.pid)
+        await wait_for(lambda: len(descendants(leader.pid) or ()) >= 2, message="the child started")
+        assert group.peak() >= HOLD_MB * MB
+        assert group.peak() >= HOLD_MB * MB, "read again from the files it keeps open"
+        assert len(set(open_files(STATUS_FILES)) - before) >= 2, "the leader's and the child's"
+    # The leader has ended (its child and the daemon with it, their stdin closed).
+    await wait_for(lambda: group.resident() == 0, message="the group has ended")
+    assert group.peak() == 0
+    assert set(open_files(STATUS_FILES)) - before == set(), "the files of ended processes are closed"
+    group.close()
+
+
+async def test_close_closes_the_status_files() -> None:
+    before = set(open_files(STATUS_FILES))
+    with process_tree() as leader:
+        group = ProcessGroupMemory(leader.pid)
+        assert group.peak() > 0
+        assert f"/proc/{leader.pid}/status" in set(open_files(STATUS_FILES)) - before
+        group.close()
+        assert set(open_files(STATUS_FILES)) - before == set()
+        assert group.peak() > 0, "peak() opens them again"
+        group.close()

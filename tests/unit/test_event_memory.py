@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import mmap
-import os
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
+from support import open_files
 from test_environments import started
 from test_runtime_api import BASE, invocation
 
@@ -116,27 +116,19 @@ async def test_poller_s_python_client_reads_events_from_the_file(
             connection.close()
 
 
-def memory_files() -> list[str]:
-    """The memory files this process (poller, in the tests) holds open."""
-    names = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # the descriptor that listed the directory
-            continue
-        if target.startswith("/memfd:poller-event"):
-            names.append(target)
-    return names
+def environment_files() -> list[str]:
+    """The memory files and the ``/proc/PID/status`` files (memory.py) this process holds open."""
+    return open_files(r"/memfd:poller-event|/proc/\d+/status$")
 
 
-async def test_an_environment_s_memory_file_is_closed_with_it_however_it_ends() -> None:
-    before = memory_files()
+async def test_an_environment_s_files_are_closed_with_it_however_it_ends() -> None:
+    before = environment_files()
     async with started(handler="envfn.describe") as function:
         await function.invoke({})
-        assert len(memory_files()) == len(before) + 1, "one file per environment"
-    assert memory_files() == before, "closed when the function stopped"
+        assert len(environment_files()) == len(before) + 2, "a memory file and a status file per environment"
+    assert environment_files() == before, "closed when the function stopped"
     async with started(handler="envfn.too_large") as function:
         failed = await function.invoke({})  # a 413: the environment is reset at once
         assert isinstance(failed, InvocationError)
         assert failed.error_type == "Function.ResponseSizeTooLarge"
-        assert memory_files() == before, "closed when its environment was discarded"
+        assert environment_files() == before, "closed when its environment was discarded"

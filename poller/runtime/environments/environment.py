@@ -292,6 +292,8 @@ class Environment:
             await self._api.close()
         if self._events is not None:
             self._events.close()
+        if self._memory is not None:
+            self._memory.close()
 
     async def _discard(self) -> None:
         self.kill()
