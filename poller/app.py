@@ -334,6 +334,8 @@ async def serve(app: App) -> None:
             log.warning("received %s again: exiting now", signal.Signals(signum).name)
             # The spans of what was abandoned are what shows why in a trace: send them first.
             flush_tracing(FORCED_EXIT_FLUSH_TIMEOUT)
+            for handler in logging.getLogger().handlers:
+                handler.flush()  # poller's writes the lines of a turn of the loop at its end
             sys.stderr.flush()
             os._exit(1)
 
