@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import re
 import signal
@@ -20,8 +21,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar, overload
 
@@ -58,6 +59,20 @@ def unique_name(prefix: str = "test") -> str:
     """A fresh name that is valid as a Kafka topic, a group id, an SQS queue or a RabbitMQ queue."""
     cleaned = _INVALID_NAME_CHARS.sub("-", prefix).strip("-.") or "test"
     return f"{cleaned[:64]}-{uuid.uuid4().hex}"
+
+
+@contextmanager
+def logging_to(handler: logging.Handler, name: str) -> Iterator[logging.Logger]:
+    """The logger ``name`` at INFO with ``handler`` as its only way out, for the block."""
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def open_files(pattern: str) -> list[str]:

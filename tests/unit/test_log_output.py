@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from support import logging_to
 
 from poller.observability.logs import JsonFormatter, StreamHandler
 
@@ -33,13 +34,8 @@ def logged() -> Iterator[tuple[logging.Logger, CountingStream, StreamHandler]]:
     stream = CountingStream()
     handler = StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("poller.test.output")
-    logger.addHandler(handler)
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    yield logger, stream, handler
-    logger.removeHandler(handler)
-    logger.propagate = True
+    with logging_to(handler, "poller.test.output") as logger:
+        yield logger, stream, handler
 
 
 def messages(stream: io.StringIO) -> list[str]:

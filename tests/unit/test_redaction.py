@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from support import logging_to
 
 from poller.config import AwsConnection, KafkaConnection, RabbitMQConnection, load_config
 from poller.config.schema import config_json_schema
@@ -109,13 +110,8 @@ def log_stream() -> Iterator[tuple[logging.Logger, io.StringIO, logging.Handler]
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(RedactingFilter())
-    logger = logging.getLogger("poller.test.redaction")
-    logger.addHandler(handler)
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    yield logger, stream, handler
-    logger.removeHandler(handler)
-    logger.propagate = True
+    with logging_to(handler, "poller.test.redaction") as logger:
+        yield logger, stream, handler
 
 
 @pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])
