@@ -335,7 +335,7 @@ async def serve(app: App) -> None:
             # The spans of what was abandoned are what shows why in a trace: send them first.
             flush_tracing(FORCED_EXIT_FLUSH_TIMEOUT)
             for handler in logging.getLogger().handlers:
-                handler.flush()  # poller's writes the lines of a turn of the loop at its end
+                handler.flush()  # poller's holds the lines of the loop's current turn
             sys.stderr.flush()
             os._exit(1)
 

@@ -117,6 +117,7 @@ class StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -131,11 +132,15 @@ class StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._pending.append(line)
         if loop is None:
             self.flush()
-        elif len(self._pending) == 1:
+        elif self._flush_on is not loop:
+            # Not "when the first line comes": a loop that stopped before its flush ran leaves
+            # its lines to the next loop's.
+            self._flush_on = loop
             loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
+            self._flush_on = None
             text, self._pending = "".join(self._pending), []
             try:
                 if text:

@@ -71,6 +71,29 @@ async def test_a_line_from_a_thread_without_a_loop_is_written_at_once_after_thos
     assert messages(stream) == ["from the loop", "from a thread"], "and not twice"
 
 
+def test_the_lines_of_a_loop_that_stopped_before_their_write_are_written_by_the_next_loop(
+    logged: tuple[logging.Logger, CountingStream, StreamHandler],
+) -> None:
+    logger, stream, _ = logged
+    first = asyncio.new_event_loop()
+
+    def log_and_stop() -> None:
+        logger.info("in the first loop")
+        first.stop()  # the loop ends with this turn: the write due after it never runs
+
+    first.call_soon(log_and_stop)
+    first.run_forever()
+    first.close()
+    assert messages(stream) == []
+
+    async def log_again() -> None:
+        logger.info("in the second loop")
+        await asyncio.sleep(0)
+
+    asyncio.run(log_again())
+    assert messages(stream) == ["in the first loop", "in the second loop"]
+
+
 def test_without_a_running_loop_every_line_is_written_at_once(
     logged: tuple[logging.Logger, CountingStream, StreamHandler],
 ) -> None:
