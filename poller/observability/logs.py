@@ -131,14 +131,19 @@ class StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             loop = None
         self._pending.append(line)
         if loop is None:
-            self.flush()
+            self._write()
         elif self._flush_on is not loop:
             # Not "when the first line comes": a loop that stopped before its flush ran leaves
             # its lines to the next loop's.
             self._flush_on = loop
-            loop.call_soon(self.flush)
+            loop.call_soon(self._write)
 
     def flush(self) -> None:
+        """Write what is pending and flush the stream; the stream's errors are the caller's, as
+        with logging's StreamHandler (``logging.shutdown`` ignores those of a closed stream)."""
+        self._write(quiet=False)
+
+    def _write(self, *, quiet: bool = True) -> None:
         with self.lock:  # type: ignore[union-attr]
             self._flush_on = None
             text, self._pending = "".join(self._pending), []
@@ -147,7 +152,10 @@ class StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                     self.stream.write(text)
                 super().flush()
             except Exception:
-                # As logging does when a write fails: say so on stderr, never raise.
+                if not quiet:
+                    raise
+                # For lines logged, as logging does when a write fails: say so (and what they
+                # said) on stderr, never raise.
                 self.handleError(logging.makeLogRecord({"msg": text}))
 
 

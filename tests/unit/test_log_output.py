@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -121,7 +122,20 @@ def test_a_line_that_cannot_be_written_is_reported_not_raised(
     logger, stream, _ = logged
     stream.close()
     logger.info("into a closed stream")  # logging's own handleError reports it on stderr
-    assert "into a closed stream" in capsys.readouterr().err
+    report = capsys.readouterr().err
+    assert "--- Logging error ---" in report
+    assert "into a closed stream" in report.partition("Message: ")[2], "with the line it lost"
+
+
+def test_flush_raises_what_the_stream_raises_as_logging_s_handler_does(
+    logged: tuple[logging.Logger, CountingStream, StreamHandler],
+) -> None:
+    _, _, handler = logged
+    with open(os.devnull, "w") as closed:  # a file's flush, unlike a StringIO's, fails once closed
+        pass
+    handler.stream = closed
+    with pytest.raises(ValueError, match="closed file"):
+        handler.flush()  # logging.shutdown ignores this one; a line logged reports it
 
 
 @pytest.mark.parametrize(
