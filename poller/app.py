@@ -10,6 +10,7 @@ and ``/enable`` drain a mapping and start it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -334,9 +335,10 @@ async def serve(app: App) -> None:
             log.warning("received %s again: exiting now", signal.Signals(signum).name)
             # The spans of what was abandoned are what shows why in a trace: send them first.
             flush_tracing(FORCED_EXIT_FLUSH_TIMEOUT)
-            for handler in logging.getLogger().handlers:
-                handler.flush()  # poller's holds the lines of the loop's current turn
-            sys.stderr.flush()
+            with contextlib.suppress(OSError, ValueError):  # a closed stderr: exit all the same
+                for handler in logging.getLogger().handlers:
+                    handler.flush()  # poller's holds the lines of the loop's current turn
+                sys.stderr.flush()
             os._exit(1)
 
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -21,6 +21,7 @@ from support import (
     KAFKA_TEST_GROUP_SETTINGS,
     committed_offsets,
     create_topic,
+    poller_log,
     produce,
     recorded_lines,
     serving,
@@ -262,6 +263,29 @@ async def test_sighup_reloads_a_running_process(kafka_bootstrap: str, tmp_path: 
         await wait_for(lambda: any(r[0] == second for r in handled(log)), timeout=60, message="b handles")
         process.send_signal(signal.SIGTERM)
         assert await wait_exit(process, 30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+async def test_a_second_sigterm_during_the_drain_exits_at_once_and_says_so(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = unique_name("ops-term-twice")
+    await create_topic(kafka_bootstrap, topic)
+    log, path = tmp_path / "handled.jsonl", tmp_path / "poller.yaml"
+    path.write_text(config_text(kafka_bootstrap, log, mapping("a", topic), sleep=60))
+    process = spawn_poller(path, {})
+    try:
+        await produce(kafka_bootstrap, topic, [(0, None, "slow", None)])
+        await wait_for(lambda: "START RequestId" in poller_log(path), timeout=60, message="invoked")
+        process.send_signal(signal.SIGTERM)
+        # Each line reaches the log as soon as the loop's turn that logged it is over.
+        await wait_for(lambda: "draining" in poller_log(path), timeout=10, message="draining said")
+        process.send_signal(signal.SIGTERM)
+        assert await wait_exit(process, 10) == 1, "not after the handler's 60 s"
+        assert "received SIGTERM again: exiting now" in poller_log(path)
+        assert len(handled(log)) == 1, "the handler had begun its 60 s when poller exited"
     finally:
         if process.poll() is None:
             process.kill()
