@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -288,18 +289,76 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(api: Runt
 
 async def test_requests_sent_at_once_are_answered_in_order(api: RuntimeApi, raw: Raw) -> None:
     """A /next sent right behind an answer (pipelined) waits its turn, then waits for work."""
-    api.submit(invocation())
+    answer = api.submit(invocation())
     await raw.send(NEXT)
     await raw.reply()
     await raw.send(
         b"POST /2018-06-01/runtime/invocation/r-1/response HTTP/1.1\r\nHost: api\r\n"
         b"Content-Length: 2\r\n\r\n{}" + NEXT
     )
-    assert (await raw.reply())[0] == 202
+    assert await asyncio.wait_for(answer, 5) == Response(b"{}", "application/json")
     api.finish()
     api.submit(invocation("r-2"))
+    assert (await raw.reply())[0] == 202
     status, headers, _ = await raw.reply()
     assert (status, headers["lambda-runtime-aws-request-id"]) == (200, "r-2")
+
+
+async def test_an_answers_202_goes_with_the_next_invocation_when_a_next_waits_behind_it(
+    api: RuntimeApi,
+) -> None:
+    """One write, so one wake-up of the runtime, for the 202 and the invocation it waits for; an
+    answer with nothing behind it gets its 202 at once."""
+    host, port = api.address.split(":")
+    connection = socket.create_connection((host, int(port)))
+    connection.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        answer = api.submit(invocation())
+        await loop.sock_sendall(connection, NEXT)
+        first = await read_replies(connection, 1)
+        assert first[0][0] == 200
+        post = b"POST /2018-06-01/runtime/invocation/r-1/response HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+        await loop.sock_sendall(connection, post + NEXT)
+        await asyncio.wait_for(answer, 5)
+        # Loopback delivers what poller writes before its write returns: nothing came.
+        with pytest.raises(BlockingIOError):
+            connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        api.finish()
+        api.submit(invocation("r-2"))
+        statuses = [status for status, _ in await read_replies(connection, 2)]
+        assert statuses == [202, 200]
+        await loop.sock_sendall(connection, post.replace(b"r-1", b"r-2"))
+        assert [status for status, _ in await read_replies(connection, 1)] == [202]
+    finally:
+        connection.close()
+
+
+async def test_only_an_answers_202_waits_for_the_next_behind_it(api: RuntimeApi, raw: Raw) -> None:
+    await raw.send(b"GET /2018-06-01/runtime/nothing HTTP/1.1\r\nHost: api\r\n\r\n" + NEXT)
+    assert (await raw.reply())[0] == 404, "written at once, with the /next still waiting for work"
+
+
+async def read_replies(connection: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """``count`` replies (status and head) read from a non-blocking socket."""
+    loop = asyncio.get_running_loop()
+    data, replies = b"", []
+    while len(replies) < count:
+        head, found, rest = data.partition(b"\r\n\r\n")
+        if found:
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            if len(rest) >= length:
+                replies.append((int(head.split(b" ")[1]), head))
+                data = rest[length:]
+                continue
+        chunk = await asyncio.wait_for(loop.sock_recv(connection, 65536), 5)
+        assert chunk, "the API closed the connection"
+        data += chunk
+    return replies
 
 
 async def test_http_1_0_and_connection_close_end_the_connection_after_the_reply(
