@@ -126,6 +126,27 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def context_switches(pid: int) -> dict[str, int]:
+    """The context switches of the process so far, and of its children (a poller's environments)
+    together: voluntary ones (it waited) and involuntary ones (another process took its CPU)."""
+    counts = dict.fromkeys(("voluntary", "involuntary", "children_voluntary", "children_involuntary"), 0)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for prefix, process in [("", str(pid)), *(("children_", child) for child in children)]:
+        try:
+            lines = Path(f"/proc/{process}/status").read_text().splitlines()
+        except OSError:
+            continue  # it ended meanwhile
+        for line in lines:
+            name, _, value = line.partition(":")
+            if name in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                kind = "voluntary" if name.startswith("voluntary") else "involuntary"
+                counts[prefix + kind] += int(value)
+    return counts
+
+
 class Consumer:
     """A started contender process; use as an async context manager (it is stopped on exit)."""
 
@@ -265,6 +286,7 @@ async def measure(
         result.error = await consumer.wait_for(workload.records, within)
         result.seconds = time.monotonic() - consumer.started
         result.peak_rss_mb = peak_rss_mb(consumer.pid)
+        result.extra["context_switches"] = context_switches(consumer.pid)
         snap = consumer.snapshot()
         code = await consumer.stop()
     if snap.steady:
