@@ -18,7 +18,7 @@ event loop the bottleneck of a busy mapping. Here a waiting ``GET /next`` is a p
 that :meth:`RuntimeApi.submit` answers directly: no task per request. A runtime that sends its
 ``GET /next`` right behind an answer (poller's Python runtime does) gets the answer's ``202`` in the
 same write as its next invocation: until then it waits for that invocation anyway, and each write
-wakes its process (on two busy cores, often on poller's own CPU, ahead of poller).
+wakes its process, which on a busy machine then often takes poller's CPU (docs/benchmarks.md).
 """
 
 from __future__ import annotations
