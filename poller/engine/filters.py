@@ -109,33 +109,33 @@ class RecordView(dict[str, Any]):
     data_format: DataFormat
 
 
-def record_view(payload: Mapping[str, Any], field: FilterField, *, decode: bool = True) -> RecordView:
+def record_view(
+    payload: Mapping[str, Any], field: FilterField, *, decode: bool = True, data: bytes | None = None
+) -> RecordView:
     """The view of ``payload`` (an event record, not changed) that filter patterns match.
 
     With ``decode=False`` the data field is not read (cheaper, for criteria with no rule on it):
-    the view's ``data_format`` is then ``"none"``, and no rule on the data field matches."""
+    the view's ``data_format`` is then ``"none"``, and no rule on the data field matches. ``data``:
+    the bytes that the data field holds in base64, when the source still has them (no decode)."""
     source = payload[field.within] if field.within is not None else payload
     view = RecordView(source)
     view.data_field = field.name
     view.data_format = "none"
     if decode:
-        view.data_format, view[field.name] = _decode(source.get(field.name), field)
+        view.data_format, view[field.name] = _decode(source.get(field.name), field, data)
     return view
 
 
-def _decode(raw: Any, field: FilterField) -> tuple[DataFormat, Any]:
-    data: bytes | str
-    if field.base64:
-        if not isinstance(raw, str):
-            return "none", raw
+def _decode(raw: Any, field: FilterField, data: bytes | str | None = None) -> tuple[DataFormat, Any]:
+    if not isinstance(raw, str):
+        return "none", raw
+    if not field.base64:
+        data = raw
+    elif data is None:  # the source kept no bytes of it: decode the field
         try:
             data = pybase64.b64decode(raw, validate=True)
         except ValueError:
             return "none", raw
-    elif isinstance(raw, str):
-        data = raw
-    else:
-        return "none", raw
     try:
         return "json", orjson.loads(data)  # any JSON value (RFC 8259), in valid UTF-8
     except orjson.JSONDecodeError:
@@ -277,15 +277,19 @@ class FilterCriteria:
                 return True
         return not self.patterns
 
-    def view(self, payload: Mapping[str, Any], field: FilterField) -> RecordView:
+    def view(self, payload: Mapping[str, Any], field: FilterField, data: bytes | None = None) -> RecordView:
         """:func:`record_view`, decoding the data field only if some pattern has a rule on it."""
         decode = self._decode.get(field.name)
         if decode is None:
             decode = self._decode[field.name] = any(p.uses(field.name) for p in self.patterns)
-        return record_view(payload, field, decode=decode)
+        return record_view(payload, field, decode=decode, data=data)
 
-    def matches_record(self, payload: Mapping[str, Any], field: FilterField) -> bool:
-        """Whether the event record ``payload`` of a source whose data field is ``field`` matches."""
+    def matches_record(
+        self, payload: Mapping[str, Any], field: FilterField, *, data: bytes | None = None
+    ) -> bool:
+        """Whether the event record ``payload`` of a source whose data field is ``field`` matches.
+        ``data``: the bytes its data field holds in base64, if the source kept them (see
+        :func:`record_view`)."""
         if not self.patterns:
             return True
         decode = self._decode.get(field.name)
@@ -295,7 +299,7 @@ class FilterCriteria:
             # No rule looks at the data field: the record itself is what the patterns see (no view
             # to build, and no plain-text rules to apply).
             return self.matches(payload[field.within] if field.within is not None else payload)
-        return self.matches(self.view(payload, field))
+        return self.matches(self.view(payload, field, data))
 
     def __len__(self) -> int:
         return len(self.patterns)

@@ -39,6 +39,10 @@ class Record:
     # Matched none of the mapping's filters (set as it is polled): it rides in its batch to be
     # committed uninvoked, and counts for neither the batch size nor the payload limit.
     filtered: bool = False
+    # The bytes that the payload's data field holds in base64 (a Kafka value, a RabbitMQ body, a
+    # Kinesis record's data), kept by the source until the record is filtered: the filter parses
+    # them without decoding what the source has just encoded.
+    data: bytes | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -268,13 +268,12 @@ class MappingRunner:
         Marked as they are polled, so that batches are made of records that match (the others
         ride along to be committed uninvoked by the processor)."""
         filters = self.processor.filters
-        if not filters:
-            return 0
         field, count = self.source.format.filter_field, 0
         for record in records:
-            if not filters.matches_record(record.payload, field):
+            if filters and not filters.matches_record(record.payload, field, data=record.data):
                 record.filtered = True
                 count += 1
+            record.data = None  # only the payload is kept from here on
         return count
 
     def _open_lane(self, name: str, partition: str) -> Lane:

@@ -239,6 +239,51 @@ def test_kafka_value_as_text_and_as_json() -> None:
     assert not kafka_matches({"value": ["all good"]}, json_value)
 
 
+KEPT_VALUES = [
+    b'{"kind": "order", "n": 5}',
+    b'{"kind": "refund"}',
+    b"plain order",
+    b"\xff\xfe binary",
+    b"",
+    b"[1, 2]",
+]
+KEPT_PATTERNS: list[dict[str, Any]] = [
+    {"value": {"kind": ["order"]}},
+    {"value": {"n": [{"numeric": [">", 4]}]}},
+    {"value": [{"prefix": "plain"}]},
+    {"value": {"kind": [{"exists": False}]}},
+    {"partition": [0], "value": [{"anything-but": ["x"]}]},
+]
+
+
+@pytest.mark.parametrize("value", KEPT_VALUES)
+def test_the_bytes_a_source_kept_are_matched_as_the_decoded_field_would_be(value: bytes) -> None:
+    # The sources hand the filter the bytes they just encoded (Record.data), sparing a base64
+    # decode: every pattern must decide as it does on the record alone.
+    for pattern in KEPT_PATTERNS:
+        criteria = FilterCriteria.compile([pattern])
+        record = kafka_record(value)
+        assert criteria.matches_record(record, KAFKA_FILTER_FIELD, data=value) == criteria.matches_record(
+            record, KAFKA_FILTER_FIELD
+        ), pattern
+    decoded, kept = (
+        record_view(record, KAFKA_FILTER_FIELD),
+        record_view(record, KAFKA_FILTER_FIELD, data=value),
+    )
+    assert (kept.data_format, kept) == (decoded.data_format, decoded)
+
+
+def test_the_kept_bytes_are_what_is_parsed_and_the_record_is_not_changed() -> None:
+    record = kafka_record(b"not what the filter reads")
+    original = copy.deepcopy(record)
+    view = record_view(record, KAFKA_FILTER_FIELD, data=b'{"kind": "order"}')
+    assert (view.data_format, view["value"]) == ("json", {"kind": "order"})
+    assert record == original
+    # A field that is not base64 (an SQS body) is read from the record whatever was kept.
+    sqs = record_view(sqs_record('{"a": 1}'), SQS_FILTER_FIELD, data=b'{"a": 2}')
+    assert sqs["body"] == {"a": 1}
+
+
 def test_rabbitmq_basic_properties_are_metadata() -> None:
     record = {
         "basicProperties": {

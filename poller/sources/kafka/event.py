@@ -74,6 +74,7 @@ def to_records(messages: Sequence[Any], lane: str) -> list[Record]:
                 payload=payload,
                 size=size,
                 timestamp=timestamp / 1000,
+                data=value,
             )
         )
     return records

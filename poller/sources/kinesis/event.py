@@ -47,8 +47,9 @@ def to_record(
     ``Data`` may be the wire's base64 text (``create_client(..., wire_values=True)``) or bytes,
     ``ApproximateArrivalTimestamp`` epoch seconds or a datetime."""
     data = raw["Data"]
-    if not isinstance(data, str):
-        data = pybase64.b64encode_as_string(data)
+    received = None if isinstance(data, str) else data  # bytes: kept for the filter (Record.data)
+    if received is not None:
+        data = pybase64.b64encode_as_string(received)
     sequence: str = raw["SequenceNumber"]
     key: str = raw["PartitionKey"]
     arrival = raw["ApproximateArrivalTimestamp"]
@@ -83,6 +84,7 @@ def to_record(
         payload=payload,
         size=size,
         timestamp=arrival_seconds,
+        data=received,
     )
 
 

@@ -290,6 +290,7 @@ def message_record(
         size=len(orjson.dumps(payload)) + 1,  # and a comma
         timestamp=first_seen,
         receive_count=attempts,
+        data=body,
     )
 
 
