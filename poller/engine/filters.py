@@ -277,12 +277,16 @@ class FilterCriteria:
                 return True
         return not self.patterns
 
-    def view(self, payload: Mapping[str, Any], field: FilterField, data: bytes | None = None) -> RecordView:
+    def view(self, payload: Mapping[str, Any], field: FilterField) -> RecordView:
         """:func:`record_view`, decoding the data field only if some pattern has a rule on it."""
+        return record_view(payload, field, decode=self._decodes(field))
+
+    def _decodes(self, field: FilterField) -> bool:
+        """Whether some pattern has a rule on ``field``'s data (worked out once per field)."""
         decode = self._decode.get(field.name)
         if decode is None:
             decode = self._decode[field.name] = any(p.uses(field.name) for p in self.patterns)
-        return record_view(payload, field, decode=decode, data=data)
+        return decode
 
     def matches_record(
         self, payload: Mapping[str, Any], field: FilterField, *, data: bytes | None = None
@@ -292,14 +296,11 @@ class FilterCriteria:
         :func:`record_view`)."""
         if not self.patterns:
             return True
-        decode = self._decode.get(field.name)
-        if decode is None:
-            decode = self._decode[field.name] = any(p.uses(field.name) for p in self.patterns)
-        if not decode:
+        if not self._decodes(field):
             # No rule looks at the data field: the record itself is what the patterns see (no view
             # to build, and no plain-text rules to apply).
             return self.matches(payload[field.within] if field.within is not None else payload)
-        return self.matches(self.view(payload, field, data))
+        return self.matches(record_view(payload, field, data=data))
 
     def __len__(self) -> int:
         return len(self.patterns)
