@@ -14,12 +14,13 @@ re-serialised. Which field that is, and what plain text means, differs per sourc
 Matching follows AWS's engine (aws/event-ruler) where the recorded cases leave a choice: keys are
 joined with dots on both sides; an array in the record matches when any element does; a leaf that
 is an object or an empty array is absent; and the values that satisfy a pattern's fields must come
-from the same element of an array of objects (event-ruler's ``rulesForJSONEvent``).
+from the same element of an array of objects (event-ruler's ``rulesForJSONEvent``). How one branch
+of a pattern is matched against a view is in ``filter_match``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from poller.engine.filter_compile import (
     compile_branches,
     parse_text,
 )
+from poller.engine.filter_match import Field, Probe, Walk, branch_matches, prober, walker
 
 __all__ = [
     "FILTER_FIELDS",
@@ -55,11 +57,6 @@ __all__ = [
 MAX_FILTERS = 5  # Lambda's default quota of filters per event source mapping
 
 DataFormat = Literal["json", "text", "none"]
-Context = tuple[tuple[int, int], ...]  # (id of an array, index in it) from the root down
-Found = list[tuple[Any, Context]]
-Walk = Callable[[Mapping[str, Any], Context, Found], None]
-Field = tuple[Walk, Callable[[Any], bool], bool]  # the path's walk, the leaf's hit, its exists: false
-_MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +154,15 @@ class Pattern:
     __slots__ = ("_admitted", "_branches", "_paths")
 
     def __init__(self, branches: Sequence[Branch]) -> None:
-        walks: dict[str, Walk] = {}
+        walks: dict[str, tuple[Walk, Probe]] = {}
         self._paths = tuple(tuple(rule.path for rule in branch) for branch in branches)
         self._branches: tuple[tuple[Field, ...], ...] = tuple(
             tuple(
-                (walks.setdefault(rule.path, _walker(rule.path)), rule.leaf.hit, rule.leaf.absent)
+                (
+                    *walks.setdefault(rule.path, (walker(rule.path), prober(rule.path))),
+                    rule.leaf.hit,
+                    rule.leaf.absent,
+                )
                 for rule in branch
             )
             for branch in branches
@@ -178,7 +179,7 @@ class Pattern:
         else:
             branches = self._branches
         for fields in branches:  # noqa: SIM110 - a loop, not any(): no generator per record
-            if _branch_matches(fields, event):
+            if branch_matches(fields, event):
                 return True
         return False
 
@@ -304,145 +305,3 @@ class FilterCriteria:
 
     def __len__(self) -> int:
         return len(self.patterns)
-
-
-# --- matching one branch -------------------------------------------------------------------------
-
-
-def _branch_matches(fields: tuple[Field, ...], event: Mapping[str, Any]) -> bool:
-    constrained: list[set[Context]] | None = None
-    for walk, hit, absent in fields:
-        found: Found = []
-        walk(event, (), found)
-        if len(found) == 1 and not found[0][1]:  # one value, in no array of objects: most records
-            if hit(found[0][0]):
-                continue
-            return False
-        if not found:
-            if absent:
-                continue
-            return False
-        contexts: set[Context] | None = None
-        for value, context in found:
-            if hit(value):
-                if not context:  # not inside an array of objects: agrees with any other field
-                    break
-                if contexts is None:
-                    contexts = {context}
-                else:
-                    contexts.add(context)
-        else:
-            if contexts is None:
-                return False
-            if constrained is None:
-                constrained = [contexts]
-            else:
-                constrained.append(contexts)
-    return constrained is None or len(constrained) < 2 or _consistent(constrained)
-
-
-def _walker(path: str) -> Walk:
-    """A function that appends to ``found`` the leaf values (with their array context) at ``path``
-    under a node. Each dotted atom can be a key of its own or part of a key with dots in it, so
-    every join is looked up: ``a.b`` is ``{"a": {"b": ...}}`` and ``{"a.b": ...}``. Built once per
-    path, as closures, since this runs for every record."""
-    atoms = path.split(".")
-    last = len(atoms)
-    built: dict[int, Walk] = {}
-
-    def build(at: int) -> Walk:
-        if at not in built:
-            options = tuple(
-                (".".join(atoms[at:step]), None if step == last else build(step))
-                for step in range(at + 1, last + 1)
-            )
-            built[at] = _lookup(options)
-        return built[at]
-
-    return build(0)
-
-
-def _lookup(options: tuple[tuple[str, Walk | None], ...]) -> Walk:
-    if len(options) == 1:  # the last atom, most often the only one: no loop
-        ((key, inner),) = options
-        if inner is None:
-
-            def leaf(node: Mapping[str, Any], context: Context, found: Found) -> None:
-                child = node.get(key, _MISSING)
-                if isinstance(child, dict | list):
-                    _leaves(child, context, found)
-                elif child is not _MISSING:
-                    found.append((child, context))
-
-            return leaf
-        step = inner
-
-        def down(node: Mapping[str, Any], context: Context, found: Found) -> None:
-            child = node.get(key)
-            if isinstance(child, dict):
-                step(child, context, found)
-            elif isinstance(child, list):
-                _each(child, step, context, found)
-
-        return down
-
-    def walk(node: Mapping[str, Any], context: Context, found: Found) -> None:
-        for key, inner in options:
-            child = node.get(key, _MISSING)
-            if child is _MISSING:
-                continue
-            if inner is None:
-                if isinstance(child, dict | list):
-                    _leaves(child, context, found)
-                else:
-                    found.append((child, context))
-            elif isinstance(child, dict):
-                inner(child, context, found)
-            elif isinstance(child, list):
-                _each(child, inner, context, found)
-
-    return walk
-
-
-def _each(array: list[Any], inner: Walk, context: Context, found: Found) -> None:
-    marker = id(array)
-    for index, item in enumerate(array):
-        if isinstance(item, dict):
-            inner(item, (*context, (marker, index)), found)
-        elif isinstance(item, list):
-            _each(item, inner, (*context, (marker, index)), found)
-
-
-def _leaves(value: Any, context: Context, found: Found) -> None:
-    if isinstance(value, list):
-        for item in value:
-            _leaves(item, context, found)
-    elif not isinstance(value, dict):  # an object is no leaf: "exists" is false for it
-        found.append((value, context))
-
-
-def _consistent(fields: list[set[Context]]) -> bool:
-    """Whether one context per field can be chosen with no two in different elements of one array.
-    Contexts run from the root down, so two share an array only along a common beginning."""
-    order = sorted(fields, key=len)
-
-    def agree(one: Context, other: Context) -> bool:
-        for (array, index), (array2, index2) in zip(one, other, strict=False):
-            if array != array2:
-                return True
-            if index != index2:
-                return False
-        return True
-
-    def search(depth: int, chosen: list[Context]) -> bool:
-        if depth == len(order):
-            return True
-        for context in order[depth]:
-            if all(agree(context, earlier) for earlier in chosen):
-                chosen.append(context)
-                if search(depth + 1, chosen):
-                    return True
-                chosen.pop()
-        return False
-
-    return search(0, [])

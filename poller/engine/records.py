@@ -22,7 +22,8 @@ class Record:
     ``partition`` is the unit whose positions commit in order (a Kafka topic-partition, a Kinesis
     shard, or a queue), ``lane`` the unit processed one batch at a time, in order (usually the
     partition). ``payload`` is the record exactly as it appears in the handler's event and in the
-    on-failure record; ``size`` is what it adds to the event's JSON, for the 6 MB limit.
+    on-failure record; ``size`` is what it adds to the event's JSON, for the 6 MB limit. Sources
+    make Records with :func:`new_record`.
     """
 
     partition: str
@@ -43,6 +44,28 @@ class Record:
     # Kinesis record's data), kept by the source until the record is filtered: the filter parses
     # them without decoding what the source has just encoded.
     data: bytes | None = None
+
+
+def new_record(
+    *,
+    partition: str,
+    lane: str,
+    position: Any,
+    item_key: Hashable,
+    payload: dict[str, Any],
+    size: int,
+    timestamp: float,
+    receive_count: int = 0,
+    group: str | None = None,
+    data: bytes | None = None,
+) -> Record:
+    """A Record, by keyword, for the sources' per-record loops. Calling the class with keywords
+    makes Python build a dict of them for ``type.__call__`` on every record, which cost more than
+    half of what making a Record costs (0.72 against 0.28 µs); a function's keywords need none,
+    and the positional call stays here, beside the fields it must follow (a test checks it)."""
+    return Record(
+        partition, lane, position, item_key, payload, size, timestamp, receive_count, group, False, data
+    )
 
 
 @dataclass(slots=True, eq=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import random
 
 import pytest
@@ -10,7 +12,7 @@ from poller.engine.backoff import Backoff
 from poller.engine.batching import Batcher
 from poller.engine.checkpoint import CommitTracker
 from poller.engine.outcome import Failed, InvocationError, PartiallyFailed, Succeeded, outcome_of
-from poller.engine.records import Batch, Record
+from poller.engine.records import Batch, Record, new_record
 from poller.engine.retry import (
     RECORD_AGE_EXCEEDED,
     RECORD_TOO_LARGE,
@@ -44,6 +46,23 @@ def policy(retries: int = -1, age: float = -1, bisect: bool = False, ordered: bo
 
 
 FAILED = Failed(InvocationError("ValueError", "boom"))
+
+
+# --- records -------------------------------------------------------------------------------------
+
+
+def test_new_record_sets_each_field_it_is_given_by_name() -> None:
+    # new_record calls Record positionally: every field but `filtered` (set later, by the runner)
+    # must be a keyword of it and land in the attribute of that name.
+    fields = [field.name for field in dataclasses.fields(Record)]
+    assert list(inspect.signature(new_record).parameters) == [name for name in fields if name != "filtered"]
+    given = {name: object() for name in inspect.signature(new_record).parameters}
+    record = new_record(**given)
+    assert {name: getattr(record, name) for name in given} == given
+    assert record.filtered is False
+    required = [field.name for field in dataclasses.fields(Record) if field.default is dataclasses.MISSING]
+    defaults = new_record(**{name: given[name] for name in required})
+    assert (defaults.receive_count, defaults.group, defaults.data) == (0, None, None)
 
 
 # --- batching ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pybase64
 
 from poller.connections.aws import ACCOUNT_ID, default_region
 from poller.engine.filters import KAFKA_FILTER_FIELD
-from poller.engine.records import Record, json_copy
+from poller.engine.records import Record, json_copy, new_record
 from poller.sources.protocol import OriginalMessage
 
 # What one record adds to the event's JSON besides its key, value and headers.
@@ -39,7 +39,7 @@ def to_records(messages: Sequence[Any], lane: str) -> list[Record]:
     This runs once per record read, the poller's hottest loop (docs/benchmarks.md), so it is one
     plain loop with its callables in locals rather than a function call per record, and headers,
     which most records lack, are only looked at when present."""
-    encode, make = pybase64.b64encode_as_string, Record
+    encode, make = pybase64.b64encode_as_string, new_record
     records: list[Record] = []
     append = records.append
     for message in messages:

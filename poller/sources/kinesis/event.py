@@ -15,7 +15,7 @@ from typing import Any
 import pybase64
 
 from poller.engine.filters import KINESIS_FILTER_FIELD
-from poller.engine.records import Record
+from poller.engine.records import Record, new_record
 from poller.sources.protocol import OriginalMessage
 
 # What one record adds to the event's JSON besides its data, key, ARNs and ids.
@@ -76,7 +76,7 @@ def to_record(
         payload["kinesis"]["encryptionType"] = encryption
     size = _RECORD_OVERHEAD + len(data) + len(key) + 2 * (len(sequence) + len(shard_id))
     size += len(role_arn) + len(region) + len(stream_arn)
-    return Record(
+    return new_record(
         partition=shard_id,
         lane=lane_of(shard_id, key, factor),
         position=int(sequence),  # ~56 digits: compared as integers, never as strings

@@ -32,7 +32,7 @@ from yarl import URL
 
 from poller.connections.aws import ACCOUNT_ID
 from poller.engine.filters import RABBITMQ_FILTER_FIELD
-from poller.engine.records import Record, json_copy
+from poller.engine.records import Record, json_copy, new_record
 from poller.sources.protocol import OriginalMessage
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
@@ -281,7 +281,7 @@ def message_record(
         "data": pybase64.b64encode_as_string(body),
     }
     key = queue_key(queue, vhost)
-    return Record(
+    return new_record(
         partition=key,
         lane=lane,
         position=delivery_tag,

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from poller.engine.filters import SQS_FILTER_FIELD
-from poller.engine.records import Record, json_copy
+from poller.engine.records import Record, json_copy, new_record
 from poller.sources.protocol import OriginalMessage
 
 # --- the queue -----------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def to_record(message: dict[str, Any], queue: QueueInfo, lane: str) -> Record:
         awsRegion=queue.region,
     )
     sent = _count(attributes.get("SentTimestamp"))
-    return Record(
+    return new_record(
         partition=queue.name,
         lane=lane,
         position=message["MessageId"],
