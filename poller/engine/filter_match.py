@@ -21,12 +21,13 @@ Probe = Callable[[Mapping[str, Any]], Any]  # the one value at a path, MISSING, 
 # A branch's field: the path's walk and probe, the leaf's hit, and whether it holds exists: false.
 Field = tuple[Walk, Probe, Callable[[Any], bool], bool]
 MISSING = object()  # the path leads to no value
-COMPLEX = (
-    object()
-)  # the probe cannot tell: an array or an object on the way or at the end, or a key with dots
+# The probe cannot tell: an array or an object on the way or at the end, or a key with dots.
+COMPLEX = object()
 
 
 def branch_matches(fields: tuple[Field, ...], event: Mapping[str, Any]) -> bool:
+    """Whether every field of a branch holds in ``event``, with the values that satisfy fields
+    inside arrays of objects taken from one element of each array."""
     constrained: list[set[Context]] | None = None
     for walk, probe, hit, absent in fields:
         value = probe(event)
