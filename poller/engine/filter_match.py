@@ -41,10 +41,6 @@ def branch_matches(fields: tuple[Field, ...], event: Mapping[str, Any]) -> bool:
             return False
         found: Found = []
         walk(event, (), found)
-        if len(found) == 1 and not found[0][1]:  # one value after all, in no array of objects
-            if hit(found[0][0]):
-                continue
-            return False
         if not found:
             if absent:
                 continue

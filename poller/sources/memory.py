@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import orjson
 
 from poller.engine.filters import FilterField
-from poller.engine.records import Record, json_copy
+from poller.engine.records import Record, json_copy, new_record
 from poller.errors import SourceError
 from poller.sources.protocol import LagMetric, LaneListener, OriginalMessage
 from poller.tasks import BackgroundTasks
@@ -98,7 +98,7 @@ class MemoryStream:
         for payload in payloads:
             position = self._positions.get(partition, 0)
             self._positions[partition] = position + 1
-            record = Record(
+            record = new_record(
                 partition=partition,
                 lane=lane or partition,
                 position=position,
@@ -214,7 +214,7 @@ class MemoryQueue(MemoryStream):
     async def release(self, records: Sequence[Record], delay: float) -> None:
         self.released.append((list(records), delay))
         for record in records:
-            again = Record(
+            again = new_record(
                 partition=record.partition,
                 lane=record.lane,
                 position=record.position,
