@@ -5,6 +5,7 @@ provisioned environments, failures, logs, and what ``poller validate`` checks.""
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
 import logging
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +182,47 @@ async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     environment, child = map(int, pids.read_text().split())
     # The child the handler forked is in the environment's group: gone with it (reaped by init).
     await wait_for(lambda: not alive(environment) and not alive(child), timeout=5, message="processes gone")
+
+
+async def test_without_pidfd_open_a_thread_sees_each_exit_crash_and_timeout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A kernel before 5.3, or a seccomp profile or sandbox that refuses pidfd_open: a thread per
+    environment waits for its exit instead, and nothing else changes."""
+
+    def refused(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    async with started(handler="envfn.exit_now") as function:
+        crashed = await function.invoke({"status": 3})
+    assert isinstance(crashed, InvocationError)
+    assert crashed.error_type == "Runtime.ExitError"
+    assert crashed.message == "Runtime exited with error: exit status 3"
+
+    pids = tmp_path / "pids"
+    async with started(handler="envfn.fork_and_hang", timeout=1) as function:
+        timed_out = await function.invoke({"pids": str(pids)})
+    assert isinstance(timed_out, InvocationError)
+    assert timed_out.error_type == "Sandbox.Timedout"
+    environment, child = map(int, pids.read_text().split())
+    await wait_for(lambda: not alive(environment) and not alive(child), timeout=5, message="processes gone")
+
+    async with started(handler="envfn.describe") as function:
+        pool = function.pool
+        assert pool is not None
+        first = (await function.invoke({}))["pid"]
+        assert (await function.invoke({}))["pid"] == first, "warm"
+        os.kill(first, signal.SIGKILL)  # while idle: the pool lets it go
+        await wait_for(lambda: not pool.environments(), timeout=5, message="the killed environment let go")
+        second = (await function.invoke({}))["pid"]
+        assert second != first
+    assert not alive(second)
+    await wait_for(
+        lambda: not any(thread.name.startswith("environment-") for thread in threading.enumerate()),
+        timeout=5,
+        message="the threads that watched the environments ended",
+    )
 
 
 async def test_an_idle_environment_is_stopped_after_its_idle_timeout() -> None:

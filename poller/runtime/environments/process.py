@@ -2,8 +2,10 @@
 watched through a pidfd and its output read from one pipe, both on the event loop (no thread and
 no task per environment, with asyncio's loop and with uvloop alike).
 
-Linux only: the parent-death signal is ``prctl(PR_SET_PDEATHSIG)``, and the exit is watched with
-``pidfd_open`` (Linux 5.3).
+Linux only: the parent-death signal is ``prctl(PR_SET_PDEATHSIG)``. Where ``pidfd_open`` is
+missing (a kernel before 5.3, a seccomp profile or a sandbox that refuses it, valgrind), a thread
+per environment waits for its exit instead, without reaping it: the group is killed before the
+leader is reaped, either way.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
@@ -50,8 +54,14 @@ class EnvironmentProcess:
         self._on_output = on_output
         self._output: int | None = output
         self._loop.add_reader(output, self.read_output)
-        self._pidfd: int | None = os.pidfd_open(self.pid)
-        self._loop.add_reader(self._pidfd, self._on_exit)
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except OSError as exc:  # ENOSYS or EPERM: no pidfds here
+            _say_once_that_pidfds_are_missing(str(exc))
+            threading.Thread(target=self._wait_for_exit, name=f"environment-{self.pid}", daemon=True).start()
+        else:
+            self._loop.add_reader(self._pidfd, self._on_exit)
 
     @classmethod
     def spawn(
@@ -131,11 +141,19 @@ class EnvironmentProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signum)
 
+    def _wait_for_exit(self) -> None:
+        """The watch where there is no pidfd, on a thread of its own: wait until the process has
+        exited, leaving it to be reaped by :meth:`_on_exit` (``WNOWAIT``), on the loop."""
+        with contextlib.suppress(ChildProcessError):  # reaped already: nothing to wait for
+            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._on_exit)
+
     def _on_exit(self) -> None:
-        assert self._pidfd is not None
-        self._loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self._pidfd = None
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
         # Before reaping, while the group id is surely this environment's: nothing of it may keep
         # running (a child the handler forked, a process of a bootstrap).
         with contextlib.suppress(ProcessLookupError):
@@ -150,6 +168,11 @@ class EnvironmentProcess:
             self._loop.remove_reader(self._output)
             os.close(self._output)
             self._output = None
+
+
+@functools.cache
+def _say_once_that_pidfds_are_missing(reason: str) -> None:
+    log.info("pidfd_open is not available here (%s): a thread per environment waits for its exit", reason)
 
 
 def die_with(parent: int) -> Callable[[], None]:
