@@ -20,7 +20,7 @@ import argparse
 import asyncio
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,7 +53,10 @@ async def counted(event: dict[str, Any], context: object) -> None:
 
 class MemoryKafkaSource:
     """Serves ``total`` records over ``partitions`` partitions: per poll, ``fetch`` messages of
-    every partition whose lane is not paused."""
+    every partition whose lane is not paused. When it has nothing to serve, a poll waits for a
+    lane to resume (or :meth:`wake`), not for a clock: what the run costs then does not depend on
+    how long it takes, which under callgrind is fifty times longer. ``on_commit`` is called after
+    every commit."""
 
     ordered: ClassVar[bool] = True
     reads = TOPIC
@@ -65,6 +68,8 @@ class MemoryKafkaSource:
         share, extra = divmod(total, partitions)
         self._left = {f"{TOPIC}-{p}": share + (p < extra) for p in range(partitions)}
         self._paused: set[str] = set()
+        self._resumed = asyncio.Event()
+        self.on_commit: Callable[[], None] | None = None
 
     async def start(self, listener: LaneListener, tasks: BackgroundTasks) -> None:
         pass
@@ -76,18 +81,25 @@ class MemoryKafkaSource:
                 taken = self._messages[: min(left, len(self._messages))]
                 self._left[lane] = left - len(taken)
                 records += to_records(taken, lane)
-        if not records:
-            await asyncio.sleep(0.001)  # every lane paused or served: let the lanes work
+        if not records:  # every lane paused or served: let the lanes work
+            self._resumed.clear()
+            await self._resumed.wait()
         return records
 
     async def commit(self, records: Sequence[Record]) -> None:
-        pass
+        if self.on_commit is not None:
+            self.on_commit()
 
     def pause(self, lanes: Collection[str]) -> None:
         self._paused.update(lanes)
 
     def resume(self, lanes: Collection[str]) -> None:
         self._paused.difference_update(lanes)
+        self._resumed.set()
+
+    def wake(self) -> None:
+        """End a poll's wait (the run is over: the runner stops polling)."""
+        self._resumed.set()
 
     async def close(self) -> None:
         pass
@@ -172,15 +184,21 @@ async def run(
         started, children = time.process_time(), children_cpu()
         task = group.create_task(runner.run())
         if environments:
-            counts = runner.status.counts
-            # The handler runs in other processes: the runner's counts tell the end (they have no
-            # event to wait on; a look every millisecond costs nothing measurable).
-            while counts.succeeded + counts.filtered < total:  # noqa: ASYNC110
-                await asyncio.sleep(0.001)
+            # The handler runs in other processes: the runner's counts tell the end, which they
+            # reach before the last commit.
+            counts, ended = runner.status.counts, asyncio.Event()
+
+            def end_when_all_are_counted() -> None:
+                if counts.succeeded + counts.filtered >= total:
+                    ended.set()
+
+            source.on_commit = end_when_all_are_counted
+            await ended.wait()
         else:
             await handled["done"].wait()
         used, children = time.process_time() - started, children_cpu() - children
         runner.stop()
+        source.wake()
         await task
         await function.close()
     return used, children
