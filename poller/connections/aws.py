@@ -12,7 +12,6 @@ everywhere; refused credentials (and what a caller names, such as a missing queu
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
@@ -22,6 +21,7 @@ from aiohttp import ClientError as HttpClientError
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, SSLError
 
 from poller.config import AwsConnection
+from poller.connections.account import default_region
 from poller.errors import SourceError
 
 # Every exception an aiobotocore call may raise for a failed request: the service's answer
@@ -43,18 +43,10 @@ REFUSED_CODES = frozenset(
 
 log = logging.getLogger(__name__)
 
-# The account of every ARN poller makes up for what has no AWS identity (SPEC section 5).
-ACCOUNT_ID = "000000000000"
-
 # Our own backoff handles outages; botocore's standard mode still retries throttling briefly.
 _CLIENT_CONFIG = AioConfig(
     retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=65
 )
-
-
-def default_region() -> str:
-    """The region of the environment (AWS_REGION, AWS_DEFAULT_REGION), else us-east-1."""
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def region_of(connection: AwsConnection) -> str:

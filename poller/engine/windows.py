@@ -1,4 +1,5 @@
-"""Tumbling windows (SPEC section 15): which window a record belongs to, and what a window holds.
+"""Tumbling windows (SPEC section 15): which window a record belongs to, what a window holds, and
+what a window store keeps of it.
 
 Pure, no I/O. A window is aligned to a multiple of its length since the epoch (UTC). Records of one
 partition are assigned by their timestamp (Kinesis: ``approximateArrivalTimestamp``, Kafka: the
@@ -96,3 +97,18 @@ def state_size(state: dict[str, Any]) -> int:
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def window_fields(window: OpenWindow) -> dict[str, Any]:
+    """What every store keeps of a window besides its state (``through``: the last position folded
+    in, as text)."""
+    return {
+        "start": window.window.start,
+        "end": window.window.end,
+        "through": None if window.through is None else str(window.through),
+    }
+
+
+def stored_window(start: float, end: float, through: str | None, state: bytes) -> OpenWindow:
+    """A window as a store reads it back (``state``: its JSON)."""
+    return OpenWindow(Window(start, end), orjson.loads(state), int(through) if through is not None else None)

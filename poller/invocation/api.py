@@ -29,7 +29,7 @@ import orjson
 from aiohttp import web
 
 from poller.config import AdminCredentials
-from poller.connections.aws import default_region
+from poller.connections.account import default_region
 from poller.errors import PollerError, Throttled
 from poller.invocation import errors
 from poller.invocation.asynchronous.queue import EventQueue

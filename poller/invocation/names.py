@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from poller.connections.aws import ACCOUNT_ID
+from poller.connections.account import ACCOUNT_ID
 from poller.invocation.errors import ApiError, function_not_found, invalid_parameter
 from poller.runtime.function import FunctionRuntime
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import orjson
 
 from poller.config import Function
-from poller.connections.aws import ACCOUNT_ID, default_region
+from poller.connections.account import ACCOUNT_ID, default_region
 from poller.engine.outcome import InvocationError, decode_response
 from poller.errors import Throttled
 from poller.observability.tracing import xray_trace_header

@@ -23,7 +23,7 @@ from support import running, wait_for
 
 from poller.app import App
 from poller.config import Config
-from poller.connections.aws import ACCOUNT_ID
+from poller.connections.account import ACCOUNT_ID
 from poller.observability.tracing import Telemetry
 
 

@@ -20,7 +20,7 @@ from support import running
 
 from poller.app import App
 from poller.config import Config
-from poller.connections.aws import ACCOUNT_ID
+from poller.connections.account import ACCOUNT_ID
 
 KEY_ID, SECRET, TOKEN = "AKIDPOLLERADMIN", "the-admin-secret-access-key", "the-admin-token"
 

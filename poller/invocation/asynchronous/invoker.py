@@ -28,7 +28,7 @@ from typing import Any
 
 from poller.clock import Clock, first_of
 from poller.config import Function
-from poller.connections.aws import ACCOUNT_ID, default_region
+from poller.connections.account import ACCOUNT_ID, default_region
 from poller.destinations import Destination
 from poller.engine.backoff import Backoff
 from poller.errors import PollerError

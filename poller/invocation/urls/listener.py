@@ -20,7 +20,7 @@ import orjson
 from aiohttp import HttpVersion11, web
 
 from poller.config.function_url import FunctionUrl
-from poller.connections.aws import ACCOUNT_ID
+from poller.connections.account import ACCOUNT_ID
 from poller.errors import PollerError, Throttled
 from poller.invocation.sigv4 import SignatureVerifier
 from poller.invocation.urls.cors import is_preflight, preflight_response, with_cors

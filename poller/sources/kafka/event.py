@@ -14,7 +14,7 @@ from typing import Any
 
 import pybase64
 
-from poller.connections.aws import ACCOUNT_ID, default_region
+from poller.connections.account import ACCOUNT_ID, default_region
 from poller.engine.filters import KAFKA_FILTER_FIELD
 from poller.engine.records import Record, json_copy, new_record
 from poller.sources.protocol import OriginalMessage

@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 
 from poller.config import AwsConnection, Config, DynamoDBCheckpoints, Mapping, SqliteCheckpoints
 from poller.config import KinesisSource as KinesisSourceConfig
+from poller.connections.account import ACCOUNT_ID
 from poller.connections.aws import (
-    ACCOUNT_ID,
     AWS_ERRORS,
     close_quietly,
     create_client,

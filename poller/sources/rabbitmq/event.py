@@ -30,7 +30,7 @@ import pybase64
 from pamqp.commands import Basic
 from yarl import URL
 
-from poller.connections.aws import ACCOUNT_ID
+from poller.connections.account import ACCOUNT_ID
 from poller.engine.filters import RABBITMQ_FILTER_FIELD
 from poller.engine.records import Record, json_copy, new_record
 from poller.sources.protocol import OriginalMessage

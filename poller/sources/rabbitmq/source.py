@@ -39,7 +39,7 @@ from pamqp.commands import Basic
 
 from poller.config import Mapping, RabbitMQConnection, ScalingConfig
 from poller.config import RabbitMQSource as RabbitMQSourceConfig
-from poller.connections.aws import default_region
+from poller.connections.account import default_region
 from poller.connections.rabbitmq import (
     AMQP_ERRORS,
     OPERATION_TIMEOUT,
