@@ -154,17 +154,12 @@ class Pattern:
     __slots__ = ("_admitted", "_branches", "_paths")
 
     def __init__(self, branches: Sequence[Branch]) -> None:
-        walks: dict[str, tuple[Walk, Probe]] = {}
         self._paths = tuple(tuple(rule.path for rule in branch) for branch in branches)
+        # One walk and one probe per path, shared by the branches that read it.
+        distinct = {path for paths in self._paths for path in paths}
+        walks: dict[str, tuple[Walk, Probe]] = {path: (walker(path), prober(path)) for path in distinct}
         self._branches: tuple[tuple[Field, ...], ...] = tuple(
-            tuple(
-                (
-                    *walks.setdefault(rule.path, (walker(rule.path), prober(rule.path))),
-                    rule.leaf.hit,
-                    rule.leaf.absent,
-                )
-                for rule in branch
-            )
+            tuple((*walks[rule.path], rule.leaf.hit, rule.leaf.absent) for rule in branch)
             for branch in branches
         )
         # data field -> data format -> the branches that can match such a record (see _admit)
