@@ -50,6 +50,12 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             await store.close()
 
 
+def large_state() -> dict[str, str]:
+    """A state too large for one DynamoDB item: random bytes in base64 compress to about three
+    quarters, some 700 KB, two parts."""
+    return {"blob": base64.b64encode(os.urandom(700 * 1024)).decode()}
+
+
 async def test_a_saved_window_comes_back_and_a_dropped_one_does_not(make_store: MakeStore) -> None:
     store = make_store("m/orders")
     await store.open()
@@ -72,9 +78,7 @@ async def test_a_saved_window_comes_back_and_a_dropped_one_does_not(make_store: 
 async def test_a_state_larger_than_an_item_is_read_back_whole(make_store: MakeStore) -> None:
     store = make_store("m/clicks")
     await store.open()
-    # Random bytes in base64 compress to about three quarters: some 700 KB, two DynamoDB parts.
-    large = {"blob": base64.b64encode(os.urandom(700 * 1024)).decode()}
-    window = OpenWindow(Window(0.0, 60.0), large, through=7)
+    window = OpenWindow(Window(0.0, 60.0), large_state(), through=7)
     await store.save("shardId-0", window)
     assert await store.load("shardId-0") == window
 
@@ -101,8 +105,7 @@ async def test_dynamodb_deletes_the_parts_of_a_state_it_replaced(
 ) -> None:
     store = make_store("m/clicks")
     await store.open()
-    large = {"blob": base64.b64encode(os.urandom(700 * 1024)).decode()}
-    await store.save("shardId-0", OpenWindow(Window(0.0, 60.0), large, through=7))
+    await store.save("shardId-0", OpenWindow(Window(0.0, 60.0), large_state(), through=7))
     assert isinstance(store, DynamoDBWindowStore)
     table = store.table
 
