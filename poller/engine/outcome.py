@@ -46,6 +46,32 @@ class InvocationError:
         stack = [entry.rstrip("\n") for entry in traceback.format_list(frames[-MAX_STACK_FRAMES:])]
         return cls(type(exc).__name__, str(exc), stack)
 
+    @classmethod
+    def from_document(cls, body: bytes | None, header_type: str | None = None) -> InvocationError:
+        """An error document as a runtime posts it (``errorMessage``, ``errorType``,
+        ``stackTrace``; Node's client sends ``trace``); ``header_type`` names the type when the
+        body does not (the Runtime API's ``Lambda-Runtime-Function-Error-Type``)."""
+        document: Any = None
+        if body:
+            try:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                document = None
+        if not isinstance(document, dict):
+            text = body.decode("utf-8", "replace") if body else ""
+            return cls(header_type or "Runtime.Unknown", text)
+        stack = document.get("stackTrace", document.get("trace"))
+        if isinstance(stack, str):
+            stack = stack.splitlines()
+        if not isinstance(stack, list):
+            stack = []
+        return cls(
+            str(document.get("errorType") or header_type or "Runtime.Unknown"),
+            str(document.get("errorMessage", "")),
+            [str(line) for line in stack],
+            document=body,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {"errorType": self.error_type, "errorMessage": self.message, "stackTrace": self.stack_trace}
 

@@ -84,11 +84,13 @@ async def test_a_python_handler_sees_lambdas_context_and_variables_in_its_own_pr
     assert env["LAMBDA_TASK_ROOT"] == str(PYTHON_CODE)
     assert env["_HANDLER"] == "envfn.describe"
     assert env["TZ"] == ":UTC"
-    # The runtime mapped poller's memory file for its events (event_memory.py), and neither its
-    # variable nor its descriptor reach the handler or a process it starts.
+    # The runtime mapped poller's memory file for its events (event_memory.py) and speaks to the
+    # API over the socket pair poller gave it (api.py), not over TCP; neither their variables nor
+    # their descriptors reach the handler or a process it starts.
     assert one["event_memory_mapped"]
+    assert one["sockets"] == ["AF_UNIX"]
     assert one["poller_variables"] == []
-    assert not [name for name in one["inherited_descriptors"] if "memfd" in name]
+    assert not [name for name in one["inherited_descriptors"] if "memfd" in name or "socket" in name]
     # awslambdaric's marshalling: Decimal and int keys, as on Lambda.
     assert one["total"] == 12.5
     assert one["7"] == "an int key"

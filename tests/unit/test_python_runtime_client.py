@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -141,6 +142,29 @@ async def test_answers_posted_without_waiting_are_taken_and_the_next_invocations
             api.finish()
     finally:
         connection.close()
+
+
+async def test_the_connection_speaks_over_poller_s_socket_pair_and_reopens_over_tcp(api: RuntimeApi) -> None:
+    """The socket pair poller gives the environment (``RuntimeApi.channel``) carries the same
+    requests as TCP; once it is closed, the next request goes to AWS_LAMBDA_RUNTIME_API."""
+    connection = RuntimeApiConnection(api.address, "test", channel=await api.channel())
+    families = []
+    try:
+        for request_id in ("over-the-pair", "over-tcp"):
+            answer = api.submit(invocation(request_id))
+            body, headers = await asyncio.to_thread(connection.next)
+            assert connection._connection is not None
+            families.append(socket.AddressFamily(connection._connection.family).name)
+            assert (body, headers["Lambda-Runtime-Aws-Request-Id"]) == (b'{"hello": "world"}', request_id)
+            connection.post_invocation_result(request_id, b'{"ok": 1}', "application/json")
+            assert await asyncio.wait_for(answer, 10) == Response(b'{"ok": 1}', "application/json")
+            api.finish()
+            # The answer's 202 is read with the next request; a connection closed before that is
+            # as one the API closed after its reply.
+            connection.close()
+    finally:
+        connection.close()
+    assert families == ["AF_UNIX", "AF_INET"]
 
 
 EVENTS = [

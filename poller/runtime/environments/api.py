@@ -19,6 +19,11 @@ that :meth:`RuntimeApi.submit` answers directly: no task per request. A runtime 
 ``GET /next`` right behind an answer (poller's Python runtime does) gets the answer's ``202`` in the
 same write as its next invocation: until then it waits for that invocation anyway, and each write
 wakes its process, which on a busy machine then often takes poller's CPU (docs/benchmarks.md).
+
+Poller's own Python runtime speaks the same HTTP over a Unix socket pair it inherits
+(:meth:`RuntimeApi.channel`): through loopback TCP, the kernel's TCP stack on both sides cost each
+process more CPU per request than a Unix socket does. ``AWS_LAMBDA_RUNTIME_API`` still names the
+TCP listener, for every other client.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 from urllib.parse import unquote
 
 import httptools
@@ -100,6 +106,11 @@ class Response:
 Answer = Response | InvocationError
 
 
+# Names the descriptor of the runtime's end of the socket pair; the runtime removes it before the
+# function's code runs.
+CHANNEL_VARIABLE = "_POLLER_RUNTIME_API_FD"
+
+
 class RuntimeApi:
     """The Runtime API of one environment. Start it, put its :attr:`address` into the environment's
     ``AWS_LAMBDA_RUNTIME_API``, then wait on :attr:`initialised` (the runtime's first ``/next``: its
@@ -128,6 +139,18 @@ class RuntimeApi:
         port = self._server.sockets[0].getsockname()[1]
         self.address = f"{host}:{port}"
         return self.address
+
+    async def channel(self) -> socket.socket:
+        """The other end of a socket pair this API serves, for the environment to inherit; the
+        caller closes it once the environment's process has it."""
+        ours, theirs = socket.socketpair()
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: _Connection(self), ours)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        return theirs
 
     async def close(self) -> None:
         """Stop listening and close every connection: a runtime waiting in ``/next`` sees the API
@@ -258,13 +281,15 @@ class RuntimeApi:
         if answer is None:
             return _invalid_request_id()
         self._current = None
-        answer.set_result(_error_document(request.body, request.headers.get(ERROR_TYPE_HEADER)))
+        answer.set_result(InvocationError.from_document(request.body, request.headers.get(ERROR_TYPE_HEADER)))
         return _ACCEPTED
 
     def _init_error(self, request: _Request) -> _Reply:
         if self.initialised.done() or self.init_failed.done():
             return _status(403, "InvalidStateTransition", "State transition to init error failed for runtime")
-        self.init_failed.set_result(_error_document(request.body, request.headers.get(ERROR_TYPE_HEADER)))
+        self.init_failed.set_result(
+            InvocationError.from_document(request.body, request.headers.get(ERROR_TYPE_HEADER))
+        )
         return _ACCEPTED
 
     def _answerable(self, request_id: str) -> asyncio.Future[Answer] | None:
@@ -440,32 +465,6 @@ class _Connection(asyncio.Protocol):
         request.method = self._parser.get_method()
         request.keep_alive = self._parser.should_keep_alive()
         self._requests.append(request)
-
-
-def _error_document(body: bytes | None, header_type: str | None) -> InvocationError:
-    """What the runtime posted as an error, as an InvocationError. The body is the error document
-    (``errorMessage``, ``errorType``, ``stackTrace``; Node's client sends ``trace``); the optional
-    header names the type when the body does not."""
-    document: Any = None
-    if body:
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            document = None
-    if not isinstance(document, dict):
-        text = body.decode("utf-8", "replace") if body else ""
-        return InvocationError(header_type or "Runtime.Unknown", text)
-    stack = document.get("stackTrace", document.get("trace"))
-    if isinstance(stack, str):
-        stack = stack.splitlines()
-    if not isinstance(stack, list):
-        stack = []
-    return InvocationError(
-        str(document.get("errorType") or header_type or "Runtime.Unknown"),
-        str(document.get("errorMessage", "")),
-        [str(line) for line in stack],
-        document=body,
-    )
 
 
 _JSON = {"Content-Type": "application/json"}

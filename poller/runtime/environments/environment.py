@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from poller.engine.outcome import InvocationError
-from poller.runtime.environments.api import Answer, Invocation, RuntimeApi
+from poller.runtime.environments.api import CHANNEL_VARIABLE, Answer, Invocation, RuntimeApi
 from poller.runtime.environments.event_memory import FD_VARIABLE, EventMemory
 from poller.runtime.environments.logs import (
     EnvironmentOutput,
@@ -150,10 +150,12 @@ class Environment:
 
     async def _start(self) -> InvocationError | None:
         spec = self.spec
-        events = self._events = EventMemory.create() if spec.launch.event_memory else None
+        own_client = spec.launch.poller_client
+        events = self._events = EventMemory.create() if own_client else None
         api = self._api = RuntimeApi(events)
         try:
             address = await api.start()
+            channel = await api.channel() if own_client else None
         except OSError as exc:
             return InvocationError("Sandbox.Failure", f"cannot listen for the Runtime API: {exc}")
         env = variables(
@@ -167,23 +169,31 @@ class Environment:
             initialization_type="provisioned-concurrency" if self.provisioned else "on-demand",
             log_stream_name=self.log_stream_name,
         )
+        inherited: list[int] = []
         if events is not None:
             env[FD_VARIABLE] = str(events.fd)
+            inherited.append(events.fd)
+        if channel is not None:
+            env[CHANNEL_VARIABLE] = str(channel.fileno())
+            inherited.append(channel.fileno())
         try:
             process = self._process = EnvironmentProcess.spawn(
                 spec.launch.argv,
                 env=env,
                 cwd=str(spec.launch.task_root),
                 on_output=self.output.feed,
-                pass_fds=(events.fd,) if events is not None else (),
+                pass_fds=inherited,
             )
         except OSError as exc:
             return InvocationError(
                 "Runtime.InvalidEntrypoint", f"cannot start {spec.launch.argv[0]}: {exc.strerror or exc}"
             )
         finally:
+            # The environment has its own copies now; poller's end of the pair is the API's.
             if events is not None:
                 events.close_descriptor()
+            if channel is not None:
+                channel.close()
         self._memory = ProcessGroupMemory(process.pid)
         process.exited.add_done_callback(self._exited)
         end = await self._watch((api.initialised, api.init_failed, process.exited), INIT_TIMEOUT)

@@ -51,7 +51,9 @@ class Launch:
     task_root: Path  # LAMBDA_TASK_ROOT and the working directory
     runtime_dir: Path  # LAMBDA_RUNTIME_DIR
     execution_env: str | None  # AWS_EXECUTION_ENV; Lambda sets none for custom runtimes
-    event_memory: bool = False  # its client reads events from shared memory (event_memory.py)
+    # Its client is poller's own (clients/bootstrap.py): it reads events from a memory file
+    # (event_memory.py) and speaks to the API over a socket pair it inherits (api.py).
+    poller_client: bool = False
 
 
 def task_root(code: str | None) -> Path:
@@ -74,7 +76,7 @@ def launch_of(runtime: str, handler: str, code: str | None) -> Launch:
             root,
             CLIENTS,
             f"AWS_Lambda_{runtime}",
-            event_memory=True,
+            poller_client=True,
         )
     if runtime.startswith("nodejs"):
         node = shutil.which("node")

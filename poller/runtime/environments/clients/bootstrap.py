@@ -15,10 +15,12 @@ reads it 16 KB at a time into buffers it grows and copies, and spends more CPU o
 than the rest of the invocation does (docs/benchmarks.md). :class:`RuntimeApiConnection` does what
 that extension does (its ``next``, ``post_invocation_result`` and ``post_error``) over one
 kept-alive socket, with the same arguments, results and failures (an answer's status is read with
-the next request, which follows it without a wait), and takes each event from the
-memory file poller writes it into rather than from the socket, when poller gave the environment
-one (poller's ``environments/event_memory.py``: the kernel's copies of a 150 KB event through
-loopback TCP cost both processes more than the event's parse). And an event that poller marks
+the next request, which follows it without a wait). That socket is the Unix socket pair poller
+gives the environment when it gave one (poller's ``environments/api.py``: it costs both processes
+less CPU per request than loopback TCP), and each event comes from the memory file poller writes
+it into rather than from the socket, when poller gave the environment one (poller's
+``environments/event_memory.py``: the kernel's copies of a 150 KB event through loopback TCP cost
+both processes more than the event's parse). And an event that poller marks
 as written by orjson (``Poller-Event-Integers: 64-bit``: no integer in it past 64 bits, the one
 place where orjson's parse differs from simplejson's) is parsed with orjson when it is installed
 and the event is large enough to repay importing it.
@@ -61,7 +63,7 @@ def main() -> None:
     address = os.environ["AWS_LAMBDA_RUNTIME_API"]
     user_agent = getattr(lambda_runtime_client, "_user_agent", lambda: "aws-lambda-python")()
     # The module awslambdaric's client calls for next, response and error (its C extension).
-    connection = RuntimeApiConnection(address, user_agent, _event_memory())
+    connection = RuntimeApiConnection(address, user_agent, _event_memory(), _channel())
     lambda_runtime_client.runtime_client = connection
     LambdaRuntimeClient.marshaller = _marshaller(LambdaRuntimeClient.marshaller, connection)
     bootstrap.run(sys.argv[1], LambdaRuntimeClient(address))
@@ -117,6 +119,20 @@ def _event_memory() -> Any:
         os.close(int(fd))
 
 
+def _channel() -> _socket.socket | None:
+    """This environment's end of the socket pair poller serves the Runtime API on, or None. Its
+    variable is gone before the function's code runs, and no process the handler starts inherits
+    the descriptor."""
+    fd = os.environ.pop("_POLLER_RUNTIME_API_FD", None)  # api.CHANNEL_VARIABLE
+    if fd is None or not fd.isdigit():
+        return None
+    try:
+        os.set_inheritable(int(fd), False)
+        return _socket.socket(fileno=int(fd))
+    except OSError:
+        return None  # then over TCP
+
+
 class RuntimeApiConnection:
     """The Runtime API's three calls of an invocation, as awslambdaric's ``runtime_client`` makes
     them, over one HTTP/1.1 connection kept alive (reopened if the API closed it).
@@ -125,7 +141,9 @@ class RuntimeApiConnection:
     client, a failed call raises ``RuntimeError``, which ends awslambdaric's loop and the
     environment: that is how an environment exits when poller goes away."""
 
-    def __init__(self, address: str, user_agent: str, memory: Any = None) -> None:
+    def __init__(
+        self, address: str, user_agent: str, memory: Any = None, channel: _socket.socket | None = None
+    ) -> None:
         host, _, port = address.rpartition(":")
         self._address = (host, int(port))
         self._user_agent = user_agent.encode()
@@ -136,6 +154,8 @@ class RuntimeApiConnection:
         # poller's MEMORY_HEADER (environments/event_memory.py): events in the memory file, please.
         self._next_headers = b"Poller-Event-Memory: 1\r\n" if memory is not None else b""
         self._unanswered: str | None = None  # a posted answer whose status is unread: the failure to raise
+        # poller's socket pair (see _channel): the first connection; a lost one is reopened over TCP.
+        self._channel = channel
 
     def next(self) -> tuple[bytes, dict[str, Any]]:
         status, headers, body = self._request(
@@ -239,13 +259,15 @@ class RuntimeApiConnection:
         return status, headers, body
 
     def _connect(self) -> tuple[_socket.socket, BinaryIO]:
-        connection = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
-        try:
-            connection.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            connection.connect(self._address)
-        except OSError:
-            connection.close()
-            raise
+        connection, self._channel = self._channel, None
+        if connection is None:
+            connection = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+            try:
+                connection.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+                connection.connect(self._address)
+            except OSError:
+                connection.close()
+                raise
         # Buffered reads of the socket's descriptor: the head a line at a time from memory, the
         # body straight into its bytes. The reader leaves the descriptor to the socket.
         return connection, open(connection.fileno(), "rb", buffering=65536, closefd=False)
