@@ -67,6 +67,7 @@ class MemoryKafkaSource:
         self._messages = kafka_messages(fetch, values=order_values(fetch) if json_values else None)
         share, extra = divmod(total, partitions)
         self._left = {f"{TOPIC}-{p}": share + (p < extra) for p in range(partitions)}
+        self._partition_of = {f"{TOPIC}-{p}": p for p in range(partitions)}
         self._paused: set[str] = set()
         self._resumed = asyncio.Event()
         self.on_commit: Callable[[], None] | None = None
@@ -80,7 +81,7 @@ class MemoryKafkaSource:
             if left and lane not in self._paused:
                 taken = self._messages[: min(left, len(self._messages))]
                 self._left[lane] = left - len(taken)
-                records += to_records(taken, lane)
+                records += to_records(taken, lane, TOPIC, self._partition_of[lane])
         if not records:  # every lane paused or served: let the lanes work
             self._resumed.clear()
             await self._resumed.wait()

@@ -18,8 +18,9 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka.structs import ConsumerRecord
+from aiokafka.record.default_records import DefaultRecordBatch
 
+from poller.devtools.samples import kafka_record_batch
 from poller.sources.kafka.event import KafkaEventFormat
 from poller.sources.kafka.event import to_records as kafka_records_of
 from poller.sources.sqs.event import QueueInfo, SqsEventFormat
@@ -37,13 +38,16 @@ QUEUE = QueueInfo(
 
 
 def kafka_messages(count: int, size: int = 1024, *, values: list[bytes] | None = None) -> list[Any]:
-    """``count`` ConsumerRecords of ``size`` random bytes each, or with the given ``values``."""
+    """``count`` Kafka records of ``size`` random bytes each, or with the given ``values``, as
+    poller's consumers get them from aiokafka: parsed from a record batch
+    (poller/sources/kafka/fetched.py)."""
     random = os.urandom(size)
     now = int(time.time() * 1000)
-    return [
-        ConsumerRecord("bench", 0, offset, now, 0, b"key-%d" % offset, value, None, 6, len(value), [])
+    entries = [
+        (offset, now, b"key-%d" % offset, value, [])
         for offset, value in enumerate(values or [random] * count)
     ]
+    return list(DefaultRecordBatch(kafka_record_batch(entries)))
 
 
 def sqs_messages(count: int, size: int = 1024) -> list[dict[str, Any]]:
@@ -70,16 +74,16 @@ def cases() -> dict[str, tuple[int, Callable[[], object]]]:
     """name -> (records per batch, the work of one batch)."""
     kafka = kafka_messages(500)
     kafka_format = KafkaEventFormat("127.0.0.1:9092")
-    kafka_records = kafka_records_of(kafka, "bench-0")
+    kafka_records = kafka_records_of(kafka, "bench-0", "bench", 0)
     sqs = sqs_messages(100)
     sqs_format = SqsEventFormat()
     sqs_records = [sqs_record(message, QUEUE, "bench#0") for message in sqs]
     return {
-        "kafka 500: messages -> records": (500, lambda: kafka_records_of(kafka, "bench-0")),
+        "kafka 500: messages -> records": (500, lambda: kafka_records_of(kafka, "bench-0", "bench", 0)),
         "kafka 500: records -> event": (500, lambda: kafka_format.event(kafka_records)),
         "kafka 500: all of it": (
             500,
-            lambda: kafka_format.event(kafka_records_of(kafka, "bench-0")),
+            lambda: kafka_format.event(kafka_records_of(kafka, "bench-0", "bench", 0)),
         ),
         "sqs 100: messages -> records": (100, lambda: [sqs_record(m, QUEUE, "bench#0") for m in sqs]),
         "sqs 100: records -> event": (100, lambda: sqs_format.event(sqs_records)),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterable
 from typing import Any
 
-from aiokafka.structs import ConsumerRecord
+from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
 from poller.engine.records import Record
 from poller.sources import EventFormat
@@ -33,23 +34,41 @@ def sample_records(source_type: str) -> tuple[EventFormat, list[Record]]:
 
 
 def _kafka_sample() -> tuple[EventFormat, list[Record]]:
-    messages = [
-        ConsumerRecord(
-            topic="orders",
-            partition=0,
-            offset=offset,
-            timestamp=1718000000456 + offset,
-            timestamp_type=0,
-            key=f"order-{offset}".encode(),
-            value=b'{"orderId": %d, "amount": 42.5}' % offset,
-            checksum=None,
-            serialized_key_size=-1,
-            serialized_value_size=-1,
-            headers=[("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
-        )
-        for offset in (15, 16)
-    ]
-    return KafkaEventFormat("localhost:9092"), to_records(messages, lane_name("orders", 0))
+    batch = kafka_record_batch(
+        [
+            (
+                offset,
+                1718000000456 + offset,
+                f"order-{offset}".encode(),
+                b'{"orderId": %d, "amount": 42.5}' % offset,
+                [("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+            )
+            for offset in (15, 16)
+        ]
+    )
+    messages = list(DefaultRecordBatch(batch))
+    return KafkaEventFormat("localhost:9092"), to_records(messages, lane_name("orders", 0), "orders", 0)
+
+
+KafkaEntry = tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]
+
+
+def kafka_record_batch(entries: Iterable[KafkaEntry]) -> bytes:
+    """One Kafka record batch (format v2, uncompressed) as a broker sends it in a fetch, of
+    ``(offset, timestamp, key, value, headers)``; aiokafka parses its records for poller's
+    consumers (sources/kafka/fetched.py)."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=2**31 - 1,
+    )
+    for offset, timestamp, key, value, headers in entries:
+        builder.append(offset, timestamp=timestamp, key=key, value=value, headers=headers)
+    return bytes(builder.build())
 
 
 def _sqs_sample() -> tuple[EventFormat, list[Record]]:

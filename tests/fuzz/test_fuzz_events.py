@@ -55,15 +55,22 @@ KAFKA_MESSAGES = st.builds(
 )
 
 
-@given(st.lists(KAFKA_MESSAGES, max_size=5))
-def test_kafka_records_of_any_consumer_records_are_json_with_the_bytes_unchanged(messages: list[Any]) -> None:
-    records = to_records(messages, "lane")
+@given(NAMES, st.integers(0, 2**31 - 1), st.lists(KAFKA_MESSAGES, max_size=5))
+def test_kafka_records_of_any_consumer_records_are_json_with_the_bytes_unchanged(
+    topic: str, partition: int, messages: list[Any]
+) -> None:
+    # The topic and partition are the fetch's, not the message's (poller's consumers get parsed
+    # records, which have neither: sources/kafka/fetched.py).
+    records = to_records(messages, "lane", topic, partition)
     assert len(records) == len(messages)
     event = as_json(KafkaEventFormat("b:9092").event(records))
     delivered = [record for batch in event["records"].values() for record in batch]
     assert len(delivered) == len(messages)
+    assert all((entry["topic"], entry["partition"]) == (topic, partition) for entry in delivered)
     for message, entry in zip(
-        sorted(messages, key=_kafka_key), sorted(delivered, key=_entry_key), strict=True
+        sorted(messages, key=lambda message: message.offset),
+        sorted(delivered, key=lambda entry: entry["offset"]),
+        strict=True,
     ):
         # A tombstone (no value) has no value key, as AWS sends it.
         assert ("value" in entry) == (message.value is not None)
@@ -75,14 +82,6 @@ def test_kafka_records_of_any_consumer_records_are_json_with_the_bytes_unchanged
         assert [next(iter(h)) for h in entry["headers"]] == [name for name, _ in message.headers]
         for (_, data), encoded in zip(message.headers, entry["headers"], strict=True):
             assert bytes(b & 0xFF for b in next(iter(encoded.values()))) == (data or b"")
-
-
-def _kafka_key(message: Any) -> tuple[str, int, int]:
-    return (message.topic, message.partition, message.offset)
-
-
-def _entry_key(entry: dict[str, Any]) -> tuple[str, int, int]:
-    return (entry["topic"], entry["partition"], entry["offset"])
 
 
 # --- SQS -----------------------------------------------------------------------------------------

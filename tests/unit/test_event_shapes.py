@@ -84,7 +84,7 @@ def test_records_have_lambdas_fields_with_lambdas_types(source: str, aws: str, o
 
 def test_a_kafka_tombstone_has_no_value_as_on_aws() -> None:
     tombstone = ConsumerRecord("t", 0, 7, 1_700_000_000_000, 0, b"k", None, None, 1, -1, [])
-    [record] = to_records([tombstone], "t-0")
+    [record] = to_records([tombstone], "t-0", "t", 0)
     entry = KafkaEventFormat("b:9092").event([record])["records"]["t-0"][0]
     assert "value" not in entry
     assert entry["key"] == "aw=="

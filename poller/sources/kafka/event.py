@@ -1,7 +1,7 @@
 """AWS's self-managed Kafka event (https://docs.aws.amazon.com/lambda/latest/dg/with-kafka.html):
 records keyed ``topic-partition``, base64 key and value, headers as lists of Java signed bytes.
 
-Pure translation, no I/O: aiokafka's ConsumerRecords become Records whose payloads are the event
+Pure translation, no I/O: the records aiokafka fetched become Records whose payloads are the event
 records. This is the poller's hottest loop (docs/benchmarks.md).
 """
 
@@ -32,9 +32,11 @@ def signed_bytes(value: bytes | None) -> list[int]:
     return memoryview(value).cast("b").tolist() if value else []
 
 
-def to_records(messages: Sequence[Any], lane: str) -> list[Record]:
-    """aiokafka ConsumerRecords of one partition (its ``lane_name``) as Records whose payloads are
-    the AWS event records.
+def to_records(messages: Sequence[Any], lane: str, topic: str, partition: int) -> list[Record]:
+    """The messages aiokafka fetched of one partition (its ``lane_name``, ``topic`` and
+    ``partition``) as Records whose payloads are the AWS event records. A message is a
+    ConsumerRecord or the parsed record it would have been made of (:mod:`.fetched`): only the
+    fields both have are read.
 
     This runs once per record read, the poller's hottest loop (docs/benchmarks.md), so it is one
     plain loop with its callables in locals rather than a function call per record, and headers,
@@ -52,8 +54,8 @@ def to_records(messages: Sequence[Any], lane: str) -> list[Record]:
                 headers.append({name: signed_bytes(data)})
                 size += 4 * (len(data or b"") + len(name))
         payload: dict[str, Any] = {
-            "topic": message.topic,
-            "partition": message.partition,
+            "topic": topic,
+            "partition": partition,
             "offset": offset,
             "timestamp": timestamp,
             "timestampType": "LOG_APPEND_TIME" if message.timestamp_type == 1 else "CREATE_TIME",

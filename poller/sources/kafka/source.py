@@ -24,6 +24,7 @@ from poller.engine.records import Record
 from poller.errors import SourceError
 from poller.sources.kafka.commits import OffsetCommitter
 from poller.sources.kafka.event import KafkaEventFormat, lane_name, to_records
+from poller.sources.kafka.fetched import install, raw_records
 from poller.sources.protocol import LagMetric, LaneListener
 from poller.tasks import BackgroundTasks
 
@@ -69,6 +70,7 @@ class KafkaSource:
 
     async def start(self, listener: LaneListener, tasks: BackgroundTasks) -> None:
         options = client_options(self.connection)
+        install()  # once per process; see fetched.py
         consumer = AIOKafkaConsumer(
             **options,
             group_id=self.group_id,
@@ -79,6 +81,7 @@ class KafkaSource:
             rebalance_timeout_ms=self.config.rebalance_timeout_ms,
             max_poll_interval_ms=self.config.max_poll_interval_ms,
             isolation_level="read_committed",
+            key_deserializer=raw_records,  # the parsed records, not ConsumerRecords (fetched.py)
         )
         try:
             await start_client(consumer, self.connection, options)
@@ -138,7 +141,7 @@ class KafkaSource:
             await self._probe_broker(consumer)
         records: list[Record] = []
         for tp, messages in batches.items():
-            records += to_records(messages, self._lane_name(tp))
+            records += to_records(messages, self._lane_name(tp), tp.topic, tp.partition)
         return records
 
     async def _probe_broker(self, consumer: AIOKafkaConsumer) -> None:
