@@ -53,13 +53,13 @@ def _kafka_sample() -> tuple[EventFormat, list[Record]]:
 KafkaEntry = tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]
 
 
-def kafka_record_batch(entries: Iterable[KafkaEntry]) -> bytes:
-    """One Kafka record batch (format v2, uncompressed) as a broker sends it in a fetch, of
-    ``(offset, timestamp, key, value, headers)``; aiokafka parses its records for poller's
-    consumers (sources/kafka/fetched.py)."""
+def kafka_record_batch(entries: Iterable[KafkaEntry], compression_type: int = 0) -> bytes:
+    """One Kafka record batch (format v2; ``compression_type`` as aiokafka numbers them, 0 for
+    none) as a broker sends it in a fetch, of ``(offset, timestamp, key, value, headers)``;
+    aiokafka parses its records for poller's consumers (sources/kafka/fetched.py)."""
     builder = DefaultRecordBatchBuilder(
         magic=2,
-        compression_type=0,
+        compression_type=compression_type,
         is_transactional=0,
         producer_id=-1,
         producer_epoch=-1,

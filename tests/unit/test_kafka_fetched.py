@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiokafka.consumer import fetcher
+from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -17,7 +19,7 @@ from poller.sources.kafka.fetched import install, raw_records
 TP = TopicPartition("orders", 3)
 
 
-def fetched_batch() -> bytes:
+def fetched_batch(compression_type: int = 0) -> bytes:
     """One record batch as a broker returns it: a plain record, a keyless one with headers (one
     of them null), a tombstone."""
     return kafka_record_batch(
@@ -25,15 +27,16 @@ def fetched_batch() -> bytes:
             (0, 1_700_000_000_000, b"k-0", b'{"n": 0}', []),
             (1, 1_700_000_000_001, None, b"\x00\xff", [("traceparent", b"00-ab-cd-01"), ("empty", None)]),
             (2, 1_700_000_000_002, b"k-2", None, []),
-        ]
+        ],
+        compression_type,
     )
 
 
-def unpacked(key_deserializer: Any) -> list[Any]:
+def unpacked(key_deserializer: Any, compression_type: int = 0) -> list[Any]:
     """What aiokafka's fetcher hands a consumer with this key deserializer, for that batch."""
     records = fetcher.PartitionRecords(
         TP,
-        MemoryRecords(fetched_batch()),
+        MemoryRecords(fetched_batch(compression_type)),
         [],
         0,
         key_deserializer,
@@ -44,11 +47,16 @@ def unpacked(key_deserializer: Any) -> list[Any]:
     return list(records)
 
 
-def test_poller_s_consumers_get_parsed_records_with_the_same_events_as_consumer_records() -> None:
+# Producers often compress their batches: the parsed records come out of the decompressed batch.
+@pytest.mark.parametrize("compression_type", [0, 1, 3], ids=["uncompressed", "gzip", "lz4"])
+def test_poller_s_consumers_get_parsed_records_with_the_same_events_as_consumer_records(
+    compression_type: int,
+) -> None:
     assert install()
     assert install()  # once per process, however many sources start
-    parsed = unpacked(raw_records)
-    stock = unpacked(None)
+    assert DefaultRecordBatch(fetched_batch(compression_type)).compression_type == compression_type
+    parsed = unpacked(raw_records, compression_type)
+    stock = unpacked(None, compression_type)
     assert all(type(message) is ConsumerRecord for message in stock)
     assert not any(isinstance(message, ConsumerRecord) for message in parsed)
     assert [message.offset for message in parsed] == [0, 1, 2]
