@@ -102,33 +102,40 @@ def _marshaller(marshaller: Any, connection: RuntimeApiConnection) -> Any:
     return Marshaller()
 
 
+def _inherited_descriptor(variable: str) -> int | None:
+    """The descriptor poller handed this environment under ``variable``, or None; the variable is
+    removed, so that the function's code never sees it."""
+    fd = os.environ.pop(variable, None)
+    return int(fd) if fd is not None and fd.isdigit() else None
+
+
 def _event_memory() -> Any:
     """The memory file poller writes this environment's events into, mapped read-only, or None.
     Its variable is gone and its descriptor closed before the function's code runs (the mapping
     keeps a duplicate of its own, which no process the handler starts inherits)."""
-    fd = os.environ.pop("_POLLER_EVENT_MEMORY_FD", None)  # event_memory.FD_VARIABLE
-    if fd is None or not fd.isdigit():
+    fd = _inherited_descriptor("_POLLER_EVENT_MEMORY_FD")  # event_memory.FD_VARIABLE
+    if fd is None:
         return None
     import mmap
 
     try:
-        return mmap.mmap(int(fd), 0, prot=mmap.PROT_READ)
+        return mmap.mmap(fd, 0, prot=mmap.PROT_READ)
     except (OSError, ValueError):
         return None  # then the events come in the body
     finally:
-        os.close(int(fd))
+        os.close(fd)
 
 
 def _channel() -> _socket.socket | None:
     """This environment's end of the socket pair poller serves the Runtime API on, or None. Its
     variable is gone before the function's code runs, and no process the handler starts inherits
     the descriptor."""
-    fd = os.environ.pop("_POLLER_RUNTIME_API_FD", None)  # api.CHANNEL_VARIABLE
-    if fd is None or not fd.isdigit():
+    fd = _inherited_descriptor("_POLLER_RUNTIME_API_FD")  # api.CHANNEL_VARIABLE
+    if fd is None:
         return None
     try:
-        os.set_inheritable(int(fd), False)
-        return _socket.socket(fileno=int(fd))
+        os.set_inheritable(fd, False)
+        return _socket.socket(fileno=fd)
     except OSError:
         return None  # then over TCP
 
