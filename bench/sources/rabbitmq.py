@@ -36,7 +36,7 @@ def prefetch(batch_size: int) -> int:
 
 class RabbitMQBench(SourceBench):
     name = "rabbitmq"
-    contenders: ClassVar[tuple[str, ...]] = ("raw", "faststream")
+    contenders: ClassVar[tuple[str, ...]] = ("raw", "poller-inline", "faststream")
     default_records = 20_000  # the broker takes about 6,000 publishes/s here: filling dominates
     default_parallelism = 1  # queues
 
